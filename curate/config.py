@@ -1,0 +1,103 @@
+"""Pipeline YAML and per-stage frozen configs. Unknown keys are errors naming key and file."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from .errors import ConfigError
+
+
+class StageConfig(BaseModel):
+    """Base class for every stage's config: frozen, unknown keys forbidden."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def config_hash(obj: Any) -> str:
+    """A stable hash of a config (a pydantic model or plain JSON-able data)."""
+    if isinstance(obj, BaseModel):
+        obj = obj.model_dump(mode="json")
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def format_validation_error(e: ValidationError, where: str) -> str:
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "<root>"
+        if err["type"] == "extra_forbidden":
+            parts.append(f"unknown key {loc!r} in {where}")
+        elif err["type"] == "missing":
+            parts.append(f"missing key {loc!r} in {where}")
+        else:
+            parts.append(f"{where}: {loc}: {err['msg']} (got {err.get('input')!r})")
+    return "; ".join(parts)
+
+
+def build_config(cls: type[StageConfig], data: dict | None, where: str) -> StageConfig:
+    """Validate ``data`` into ``cls``; a bad or unknown key becomes a ConfigError naming ``where``."""
+    try:
+        return cls.model_validate(data or {})
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, where)) from None
+
+
+class InputSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    paths: tuple[str, ...]
+
+
+class StageSpec(BaseModel):
+    """One entry of a pipeline's ``stages`` mapping."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    type: str | None = None
+    input: str | InputSpec | None = None
+    config: dict[str, Any] = {}
+
+
+class PipelineSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    pipeline: str
+    executor: str = "ray"
+    workers: int = 2
+    stages: dict[str, StageSpec]
+
+    @field_validator("executor")
+    @classmethod
+    def _executor(cls, v: str) -> str:
+        if v not in ("ray", "local"):
+            raise ValueError("executor must be 'ray' or 'local'")
+        return v
+
+
+def load_pipeline(path: str | Path) -> PipelineSpec:
+    """Read a pipeline YAML; relative input paths resolve against the current directory."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"pipeline file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    try:
+        spec = PipelineSpec.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, str(path))) from None
+    seen: list[str] = []
+    for name, st in spec.stages.items():
+        if isinstance(st.input, str) and st.input not in seen:
+            raise ConfigError(
+                f"{path}: stage {name!r} reads from {st.input!r}, which is not an earlier stage "
+                f"(earlier: {', '.join(seen) or 'none'})"
+            )
+        seen.append(name)
+    return spec
