@@ -86,17 +86,22 @@ def load_pipeline(path: str | Path) -> PipelineSpec:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    return parse_pipeline(data, str(path))
+
+
+def parse_pipeline(data: Any, where: str) -> PipelineSpec:
+    """Validate pipeline data (from YAML or a dict); errors name the key and ``where``."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
+        raise ConfigError(f"{where}: expected a mapping at the top level")
     try:
         spec = PipelineSpec.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, str(path))) from None
+        raise ConfigError(format_validation_error(e, where)) from None
     seen: list[str] = []
     for name, st in spec.stages.items():
         if isinstance(st.input, str) and st.input not in seen:
             raise ConfigError(
-                f"{path}: stage {name!r} reads from {st.input!r}, which is not an earlier stage "
+                f"{where}: stage {name!r} reads from {st.input!r}, which is not an earlier stage "
                 f"(earlier: {', '.join(seen) or 'none'})"
             )
         seen.append(name)

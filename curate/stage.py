@@ -67,7 +67,13 @@ class SourceStage(Stage):
 
     @abstractmethod
     def process_source(self, path: str) -> ShardResult:
-        """Read one raw input (a WARC file, an HTML folder chunk) into a shard."""
+        """Read one raw input (a WARC file, an HTML folder) into a shard."""
+
+    def checksum(self, path: str) -> str:
+        """Checksum of one input, recorded in markers and manifests (sha256 of the file)."""
+        from .shardio import sha256_file
+
+        return sha256_file(path)
 
 
 @dataclass

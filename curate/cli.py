@@ -1,0 +1,119 @@
+"""The ``curate`` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import CurateError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Corpus curation pipeline for LLM training.")
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+
+
+def _fail(e: Exception) -> None:
+    err_console.print(f"[bold red]error:[/] {e}", highlight=False)
+    raise typer.Exit(2)
+
+
+@app.command()
+def run(
+    pipeline: Path = typer.Argument(..., help="pipeline YAML (see manifests/)"),
+    run_dir: Path = typer.Option(..., "--run", help="run directory, e.g. runs/demo"),
+    executor: Optional[str] = typer.Option(None, help="ray (default in the YAML) or local"),
+    workers: Optional[int] = typer.Option(None, help="number of workers"),
+    stage: Optional[list[str]] = typer.Option(None, "--stage", help="run only these stages (repeatable)"),
+    force: bool = typer.Option(False, help="redo stages whose config or input changed"),
+):
+    """Run (or resume) a pipeline into a run directory."""
+    from .runner import run_pipeline
+
+    try:
+        run_pipeline(pipeline, run_dir, executor=executor, workers=workers, stages=stage or None, force=force,
+                     log=lambda m: console.print(m, highlight=False))
+    except CurateError as e:
+        _fail(e)
+    inspect(run_dir)
+    console.print(f"outputs: {run_dir.resolve()}  (query: curate sql \"SELECT ...\" --run {run_dir})")
+
+
+@app.command()
+def sql(
+    query_text: str = typer.Argument(..., metavar="SQL"),
+    run_dir: Path = typer.Option(..., "--run", help="run directory"),
+    fmt: str = typer.Option("table", "--format", help="table, csv or json"),
+):
+    """Run DuckDB SQL over a run: one view per stage, <stage>_rejected, and funnel."""
+    from .sql import query
+
+    try:
+        cols, rows = query(run_dir, query_text)
+    except CurateError as e:
+        _fail(e)
+    if fmt == "json":
+        for r in rows:
+            print(json.dumps(dict(zip(cols, r)), default=str, ensure_ascii=False))
+    elif fmt == "csv":
+        import csv
+
+        w = csv.writer(sys.stdout)
+        w.writerow(cols)
+        w.writerows(rows)
+    else:
+        t = Table(*cols)
+        for r in rows:
+            t.add_row(*["" if v is None else str(v) for v in r])
+        console.print(t)
+
+
+@app.command()
+def inspect(run_dir: Path = typer.Argument(..., help="run directory")):
+    """Print the funnel: documents in, kept and rejected by reason, per stage."""
+    from .manifest import read_manifest
+    from .sql import stage_dirs
+
+    if not run_dir.is_dir():
+        _fail(CurateError(f"run directory not found: {run_dir}"))
+    t = Table("stage", "in", "kept", "rejected", "by reason", "s", "docs/s", title=f"funnel: {run_dir}")
+    for d in stage_dirs(run_dir):
+        m = read_manifest(d)
+        if m is None:
+            t.add_row(d.name, "", "", "", "(not finished)", "", "")
+            continue
+        tm = m.get("timings", {})
+        if "input_rows" in m:
+            reasons = "\n".join(f"{k}: {v}" for k, v in sorted(m.get("reasons", {}).items(), key=lambda kv: -kv[1]))
+            t.add_row(d.name, str(m["input_rows"]), str(m["kept_rows"]), str(m["rejected_rows"]), reasons,
+                      str(tm.get("seconds", "")), str(tm.get("docs_per_s", "")))
+        else:
+            t.add_row(d.name, "", "", "", json.dumps(m.get("accounting", {}))[:200], str(tm.get("seconds", "")), "")
+    console.print(t)
+
+
+@app.command("sample-corpus")
+def sample_corpus(
+    out_dir: Path = typer.Argument(..., help="where to write the WARC shards"),
+    seed: int = typer.Option(0),
+    shards: int = typer.Option(6),
+    scale: float = typer.Option(1.0),
+):
+    """Generate the deterministic sample crawl (WARC) used by the demo and the tests."""
+    from .samplegen import generate
+
+    summary = generate(out_dir, seed=seed, shards=shards, scale=scale)
+    console.print(summary)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
