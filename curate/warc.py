@@ -119,6 +119,8 @@ def iter_gzip_members(f, max_member_bytes: int) -> Iterator[tuple[int, bytes | N
 def _records(it: ArchiveIterator, base: int, max_record_bytes: int, read_body: bool = True) -> Iterator[WarcItem]:
     """Turn warcio records into WarcItems; offsets are ``base`` + the iterator's offsets."""
     for rec in it:
+        if not rec.format.startswith("warc"):
+            raise ValueError(f"not a WARC record (parsed as {rec.format})")
         item = WarcItem(offset=0, rec_type=rec.rec_type)
         item.warc_headers = {k: v for k, v in rec.rec_headers.headers}
         item.uri = rec.rec_headers.get_header("WARC-Target-URI")

@@ -24,7 +24,7 @@ from curate.warc import WarcItem, iter_warc
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 DOC_RECORDS = ("response", "resource")
-WARC_SUFFIXES = (".warc", ".warc.gz", ".arc.gz")
+WARC_SUFFIXES = (".warc", ".warc.gz")
 HTML_SUFFIXES = (".html", ".htm", ".html.gz")
 
 SCHEMA = pa.schema(
@@ -43,6 +43,18 @@ SCHEMA = pa.schema(
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.I)
 _HTTP_CHARSET = re.compile(r"charset\s*=\s*[\"']?([A-Za-z0-9_.:-]+)", re.I)
 _HTML_LANG = re.compile(rb"<html[^>]*\blang\s*=\s*[\"']?([A-Za-z-]{2,12})", re.I)
+# Charsets that pages declaring the key are often really written in.
+_RELATED = {
+    "utf-8": ("cp1252",),
+    "latin-1": ("cp1252",),
+    "iso8859-1": ("cp1252",),
+    "ascii": ("utf-8", "cp1252"),
+    "gb2312": ("gb18030",),
+    "gbk": ("gb18030",),
+    "shift_jis": ("cp932",),
+    "euc_kr": ("cp949",),
+    "big5": ("big5hkscs", "cp950"),
+}
 _CONTROL = re.compile(rb"[\x00-\x08\x0e-\x1a\x1c-\x1f]")
 
 
@@ -101,24 +113,33 @@ def decode_html(body: bytes, http_content_type: str | None) -> tuple[str | None,
         m = _META_CHARSET.search(body[:4096])
         if m:
             declared = m.group(1).decode("ascii", "ignore")
-    cs = _norm_charset(declared)
-    tried = []
-    for cand in [cs, "utf-8"]:
-        if cand and cand not in tried:
-            tried.append(cand)
+    cs = _norm_charset(declared) or "utf-8"
+    try:
+        return body.decode(cs), cs, None
+    except UnicodeDecodeError:
+        pass
+    # A few corrupt bytes in an otherwise valid page: keep it, with U+FFFD in their place.
+    text = body.decode(cs, errors="replace")
+    bad = text.count("\ufffd") - body.decode(cs, errors="ignore").count("\ufffd")
+    if bad <= max(1, len(body) // 1000):
+        return text, cs, None
+    # Mislabelled pages: try the usual supersets/confusions of the declared charset, and
+    # statistical detection only when nothing was declared.
+    for alt in _RELATED.get(cs, ()):
+        try:
+            return body.decode(alt), alt, None
+        except UnicodeDecodeError:
+            pass
+    if declared is None:
+        from charset_normalizer import from_bytes
+
+        best = from_bytes(body[:200_000]).best()
+        if best is not None and best.encoding != cs and best.chaos < 0.1:
             try:
-                return body.decode(cand), cand, None
+                return body.decode(best.encoding), best.encoding, None
             except (UnicodeDecodeError, LookupError):
                 pass
-    from charset_normalizer import from_bytes
-
-    best = from_bytes(body[:200_000]).best()
-    if best is not None and best.encoding not in tried and best.chaos < 0.1:
-        try:
-            return body.decode(best.encoding), best.encoding, None
-        except (UnicodeDecodeError, LookupError):
-            pass
-    return None, cs, f"bytes do not decode as {declared or 'utf-8'} and no charset was detected"
+    return None, cs, f"{bad} bytes invalid as {declared or 'utf-8'} and no charset was detected"
 
 
 def looks_binary(body: bytes) -> bool:
