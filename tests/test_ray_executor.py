@@ -1,0 +1,26 @@
+"""The Ray executor (embedded) gives the same shards as the local one, with 1 and 2 workers."""
+
+import pytest
+
+from curate.runner import run_pipeline
+from tests.warcfixtures import write_warc
+
+pytestmark = pytest.mark.ray
+
+
+def _bytes(d):
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*.parquet"))}
+
+
+def test_ray_matches_local(tmp_path):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for i in range(4):
+        write_warc(inp / f"p{i}.warc.gz", gz=True, corrupt_after=1 if i == 2 else None)
+    spec = {"pipeline": "t", "stages": {"extract": {"input": {"paths": [str(inp)]}}}}
+    local = run_pipeline(spec, tmp_path / "local", executor="local", workers=1, log=lambda *_: None)
+    ray2 = run_pipeline(spec, tmp_path / "ray2", executor="ray", workers=2, log=lambda *_: None)
+    ray1 = run_pipeline(spec, tmp_path / "ray1", executor="ray", workers=1, log=lambda *_: None)
+    assert local["extract"]["kept_rows"] == ray2["extract"]["kept_rows"] > 0
+    assert _bytes(tmp_path / "local" / "extract") == _bytes(tmp_path / "ray2" / "extract") == _bytes(tmp_path / "ray1" / "extract")
+    assert ray2["extract"]["executor"] == "ray" and ray2["extract"]["workers"] == 2
