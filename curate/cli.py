@@ -37,7 +37,7 @@ def run(
 
     try:
         run_pipeline(pipeline, run_dir, executor=executor, workers=workers, stages=stage or None, force=force,
-                     log=lambda m: console.print(m, highlight=False))
+                     log=lambda m: console.print(m, highlight=False, markup=False))
     except CurateError as e:
         _fail(e)
     inspect(run_dir)

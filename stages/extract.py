@@ -43,18 +43,19 @@ SCHEMA = pa.schema(
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.I)
 _HTTP_CHARSET = re.compile(r"charset\s*=\s*[\"']?([A-Za-z0-9_.:-]+)", re.I)
 _HTML_LANG = re.compile(rb"<html[^>]*\blang\s*=\s*[\"']?([A-Za-z-]{2,12})", re.I)
-# Charsets that pages declaring the key are often really written in.
-_RELATED = {
-    "utf-8": ("cp1252",),
+# Declared charsets whose pages are often written in a superset of them.
+_SUPERSETS = {
+    "ascii": ("utf-8",),
     "latin-1": ("cp1252",),
     "iso8859-1": ("cp1252",),
-    "ascii": ("utf-8", "cp1252"),
-    "gb2312": ("gb18030",),
+    "gb2312": ("gbk", "gb18030"),
     "gbk": ("gb18030",),
     "shift_jis": ("cp932",),
     "euc_kr": ("cp949",),
     "big5": ("big5hkscs", "cp950"),
 }
+# Declared charsets that pages with many invalid bytes were often really written in.
+_CONFUSED = {"utf-8": ("cp1252",), "ascii": ("cp1252",)}
 _CONTROL = re.compile(rb"[\x00-\x08\x0e-\x1a\x1c-\x1f]")
 
 
@@ -114,22 +115,25 @@ def decode_html(body: bytes, http_content_type: str | None) -> tuple[str | None,
         if m:
             declared = m.group(1).decode("ascii", "ignore")
     cs = _norm_charset(declared) or "utf-8"
-    try:
-        return body.decode(cs), cs, None
-    except UnicodeDecodeError:
-        pass
-    # A few corrupt bytes in an otherwise valid page: keep it, with U+FFFD in their place.
-    text = body.decode(cs, errors="replace")
-    bad = text.count("\ufffd") - body.decode(cs, errors="ignore").count("\ufffd")
-    if bad <= max(1, len(body) // 1000):
-        return text, cs, None
-    # Mislabelled pages: try the usual supersets/confusions of the declared charset, and
-    # statistical detection only when nothing was declared.
-    for alt in _RELATED.get(cs, ()):
+    for cand in (cs, *_SUPERSETS.get(cs, ())):
         try:
-            return body.decode(alt), alt, None
+            return body.decode(cand), cand, None
         except UnicodeDecodeError:
             pass
+    # A few corrupt bytes (<= 1%) in an otherwise valid page: keep it, U+FFFD in their place.
+    text = body.decode(cs, errors="replace")
+    bad = text.count("\ufffd") - body.decode(cs, errors="ignore").count("\ufffd")
+    if bad <= max(1, len(body) // 100):
+        return text, cs, None
+    # Many bad bytes and few valid multi-byte characters: a mislabelled page (cp1252 served
+    # as utf-8 ...). Try the usual supersets/confusions of the declared charset.
+    valid_non_ascii = sum(1 for ch in text if ord(ch) > 127) - text.count("\ufffd")
+    if valid_non_ascii < bad:
+        for alt in _CONFUSED.get(cs, ()):
+            try:
+                return body.decode(alt), alt, None
+            except UnicodeDecodeError:
+                pass
     if declared is None:
         from charset_normalizer import from_bytes
 
