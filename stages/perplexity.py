@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pydantic import field_validator
 
 from curate.config import StageConfig
 from curate.errors import ConfigError
@@ -74,6 +75,13 @@ class PerplexityConfig(StageConfig):
     unscored: Literal["keep", "reject"] = "keep"
     lang_column: str = "lang"
     default_lang: str | None = None
+
+    @field_validator("percentiles")
+    @classmethod
+    def _increasing(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 <= v[0] < v[1] <= 100:
+            raise ValueError("percentiles must be two increasing numbers in [0, 100]")
+        return v
 
 
 def _langs(table: pa.Table, cfg: PerplexityConfig) -> list[str | None]:

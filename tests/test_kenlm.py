@@ -316,6 +316,8 @@ def test_configs_fail_clearly(tmp_path):
         build_config(TrainLmConfig, {}, "p.yaml")
     with pytest.raises(ConfigError, match="unknown key 'refrence_source'"):
         build_config(TrainLmConfig, {"refrence_source": "wiki"}, "p.yaml")
+    with pytest.raises(ConfigError, match="increasing"):
+        build_config(PerplexityConfig, {"percentiles": [60, 30]}, "p.yaml")
     with pytest.raises(ConfigError, match="keep_buckets"):
         build_config(PerplexityConfig, {"keep_buckets": ["top"]}, "p.yaml")
     run = tmp_path / "run"
