@@ -190,13 +190,15 @@ _ISBN_CTX = re.compile(r"(?i)isbn")
 _VERSION_CTX = re.compile(
     r"(?i)(?:(?<![A-Za-z])v\.?|version|versão|versión|versione|versie|release|build|ver\.?|rev\.?"
     r"|revision|(?:update|upgrade)[sd]? to|section|sect\.|chapter|§|abschnitt|kapitel|chapitre"
+    r"|版本|バージョン|버전|версия|версии"
     r"|capítulo|capitolo|hoofdstuk|第)\s*$"
 )
 # Words that put a dotted quad of small numbers (which reads like a version or a section
 # number) in a network context.
 _NET_CTX = re.compile(
     r"(?i)(?<![a-z])(?:ip|ipv4|address|addr|host|server|gateway|router|dns|ping|subnet|network"
-    r"|netmask|route|client|login|adresse|adres|dirección|indirizzo|endereço|rechner)(?![a-z])"
+    r"|netmask|route|client|login|port|sshd?|connect\w*|requests?|traffic|firewall|proxy|vpn|dhcp"
+    r"|ifconfig|adresse|adres|dirección|indirizzo|endereço|rechner)(?![a-z])"
     r"|アドレス|地址|服务器|サーバー|主机|网关"
 )
 _YEAR_RANGE = re.compile(r"(?:1[89]|20)\d\d ?[-/\u2013] ?(?:(?:1[89]|20)\d\d|\d\d)")
@@ -211,8 +213,11 @@ _CTX_AFTER = 24
 
 
 def _window(text: str, start: int, end: int, before: int = _CTX_BEFORE, after: int = _CTX_AFTER) -> str:
-    """Text around ``[start, end)`` with placeholders of earlier scrubs blanked out."""
-    w = text[max(0, start - before):start] + " \x00 " + text[end:end + after]
+    """The line around ``[start, end)`` (at most ``before``/``after`` characters each side),
+    with placeholders of earlier scrubs blanked out: a label on another line is not context."""
+    left = text[max(0, start - before):start]
+    right = text[end:end + after]
+    w = left[left.rfind("\n") + 1:] + " \x00 " + right.split("\n", 1)[0]
     return _PLACEHOLDER.sub(" ", w) if "<" in w else w
 
 
@@ -398,7 +403,9 @@ class PiiDetector:
             return None  # a decimal number
         plus = asc.startswith("+")
         if not plus and not has_ext and 12 <= n <= 19 and _card_grouping_ok(asc) and v.is_card(d):
-            return "credit_card"
+            # Within a longer row of numbers only a whole 4-4-4-4 group counts as a card.
+            if not strict or (n == 16 and len(asc.split()) == 4):
+                return "credit_card"
         if _YEAR_RANGE.fullmatch(asc) or any(v.is_date(tok) for tok in asc.split()):
             return None  # a span of years, or a run that holds a calendar date
         return self._phone(text, s, e, asc, d, plus, strict)
@@ -423,7 +430,8 @@ class PiiDetector:
 
     def _phone(self, text: str, s: int, e: int, asc: str, d: str, plus: bool, strict: bool) -> str | None:
         n = len(d)
-        intl = plus or (d.startswith("00") and n > 2 and d[2] != "0")
+        # "00" is an international prefix only at the start of a run, not inside a row.
+        intl = plus or (not strict and d.startswith("00") and n > 2 and d[2] != "0")
         ctx = _PHONE_CTX.search(_window(text, s, e)) is not None
         if intl:
             nn = n - (0 if plus else 2)
@@ -435,6 +443,8 @@ class PiiDetector:
         if not 7 <= n <= 12:
             return None
         groups = [g for g in re.split(r"\D+", asc) if g]
+        if "." in asc and set(asc) <= set("0123456789.") and any(not 2 <= len(g) <= 4 for g in groups[1:]):
+            return None  # dotted numbers: phones group 2-4 digits, versions do not
         if sum(len(g) == 1 for g in groups) > 1 or (len(groups) > 4 and any(len(g) != 2 for g in groups)):
             return None  # lists of small numbers, decimals; only 2-digit pairs come in long rows
         if _PRICE_BEFORE.search(text[max(0, s - 6):s]) or _PRICE_AFTER.search(text[e:e + 6]):

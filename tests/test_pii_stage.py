@@ -141,3 +141,22 @@ def test_eval_set_recall_and_decoys(tmp_path: Path) -> None:
         assert score["recall_by_type"][t] >= 0.99, (t, score["recall_by_type"][t])
     assert score["decoy_preservation"] >= 0.98
     assert score["collateral_char_rate"] <= 0.005
+
+
+def test_sample_corpus_planted_pii(sample_corpus: Path) -> None:
+    """Every value planted on the sample crawl's PII pages is scrubbed; every decoy is kept."""
+    labels = [json.loads(line) for line in (sample_corpus / "labels.jsonl").read_text(encoding="utf8").splitlines()]
+    pages = [x for x in labels if x.get("kind") == "pii" and x.get("main_text")]
+    assert pages
+    s = Scrubber()
+    n_pii = n_decoys = 0
+    for page in pages:
+        out = s.scrub(page["main_text"], page["record_id"] or "").text
+        for item in page.get("pii") or []:
+            assert item["value"] not in out, (item, page["uri"])
+            n_pii += 1
+        for item in page.get("decoys") or []:
+            if item["value"] in page["main_text"]:
+                assert item["value"] in out, (item, page["uri"])
+                n_decoys += 1
+    assert n_pii > 0 and n_decoys > 0
