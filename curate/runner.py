@@ -195,7 +195,10 @@ class Runner:
         stage = cls(cfg, name)
         stage_dir = self.run_dir / name
         inputs = self._inputs(name, st, stage)
-        digest = _digest([(p.name, sha) for p, sha in inputs])
+        deps = [(p.name, sha) for p, sha in inputs]
+        if isinstance(stage, GlobalStage):
+            deps += stage.extra_inputs(self.run_dir)
+        digest = _digest(deps)
         done = read_success(stage_dir)
         if done is not None:
             if done.get("config_hash") == chash and done.get("inputs_digest") == digest:

@@ -90,6 +90,11 @@ class GlobalContext:
 
 
 class GlobalStage(Stage):
+    def extra_inputs(self, run_dir: Path) -> list[tuple[str, str]]:
+        """Files besides the input shards that the output depends on (models, mixture files),
+        as ``(name, sha256)``; they count toward the input digest that decides resume."""
+        return []
+
     @abstractmethod
     def run(self, ctx: GlobalContext) -> dict[str, Any]:
         """Do the whole stage; write outputs under ``ctx.out_dir`` atomically.

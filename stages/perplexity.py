@@ -207,6 +207,12 @@ class PerplexityStage(GlobalStage):
             raise ConfigError(f"stage {self.stage_name!r}: set models_from (a train-lm stage) or model_paths")
         return paths
 
+    def extra_inputs(self, run_dir: Path) -> list[tuple[str, str]]:
+        """The models scored with: a retrained model makes a finished stage stale."""
+        from curate.shardio import sha256_file
+
+        return [(f"model:{lang}", sha256_file(p)) for lang, p in sorted(self.model_paths(run_dir).items())]
+
     def run(self, ctx: GlobalContext) -> dict:
         cfg: PerplexityConfig = self.config  # type: ignore[assignment]
         models = self.model_paths(ctx.run_dir)
