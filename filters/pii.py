@@ -414,16 +414,17 @@ class PiiDetector:
     def _ipv4_ok(text: str, s: int, e: int, asc: str) -> bool:
         """A dotted quad that is an address, not a version, a section number or a netmask.
 
-        Loopback, unspecified, broadcast and netmask values identify nobody. A quad of
+        Loopback, unspecified, multicast, reserved (netmasks, broadcast) and documentation
+        addresses identify nobody (:func:`filters.pii_validators.ipv4_identifies`). A quad of
         small numbers (all below 32: ``5.10.2.1``) reads as a version or section number and
         is only taken next to a network word.
         """
         addr = asc.split("/")[0]
         if not v.is_ipv4(addr) or _VERSION_CTX.search(text[max(0, s - 16):s]):
             return False
-        parts = [int(x) for x in addr.split(".")]
-        if parts[0] in (0, 127) or (parts[0] == 255 and all(x in _MASK_OCTETS for x in parts)):
+        if not v.ipv4_identifies(addr):
             return False
+        parts = [int(x) for x in addr.split(".")]
         if all(x < 32 for x in parts):
             return _NET_CTX.search(_window(text, s, e, 40, 16)) is not None
         return True
@@ -466,7 +467,6 @@ class PiiDetector:
 
 # Postcodes with an extension (US ZIP+4, Brazilian CEP): not telephone numbers by themselves.
 _POSTAL = re.compile(r"\d{5}-\d{3,4}")
-_MASK_OCTETS = frozenset((0, 128, 192, 224, 240, 248, 252, 254, 255))
 _CARD_GROUPS = ((4, 6, 5), (4, 6, 4), (4, 6, 6))
 
 

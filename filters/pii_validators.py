@@ -136,6 +136,11 @@ def is_cn_resident_id(s: str) -> bool:
 
 # ---------------------------------------------------------------- network addresses
 
+# Blocks whose addresses identify nobody: documentation examples (RFC 5737, RFC 3849).
+_DOC_NETS_V4 = tuple(ipaddress.IPv4Network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24"))
+_DOC_NET_V6 = ipaddress.IPv6Network("2001:db8::/32")
+
+
 def is_ipv4(s: str) -> bool:
     """Dotted quad with octets 0-255 and no leading zeros (``010.1.1.1`` is not an address)."""
     try:
@@ -145,20 +150,31 @@ def is_ipv4(s: str) -> bool:
     return True
 
 
-def is_ipv6(s: str) -> bool:
-    """A valid IPv6 address with at least two hex groups and a decimal digit somewhere.
+def ipv4_identifies(s: str) -> bool:
+    """False for addresses that point at no one: loopback, unspecified, multicast, reserved
+    (netmasks, broadcast) and documentation blocks. Private addresses do count."""
+    a = ipaddress.IPv4Address(s)
+    if a.is_loopback or a.is_unspecified or a.is_multicast or a.is_reserved:
+        return False
+    return not any(a in n for n in _DOC_NETS_V4)
 
-    The last two conditions keep ``::``, ``a::b`` and hex words joined by colons out.
+
+def is_ipv6(s: str) -> bool:
+    """A valid IPv6 address that can point at someone.
+
+    Needs at least two hex groups and a decimal digit somewhere (keeps ``::``, ``a::b`` and
+    hex words joined by colons out); loopback, unspecified and the documentation prefix
+    2001:db8::/32 are not taken.
     """
     if s.count(":") < 2 or not any(c.isdigit() for c in s):
         return False
     if sum(1 for g in s.split(":") if g) < 2:
         return False
     try:
-        ipaddress.IPv6Address(s)
+        a = ipaddress.IPv6Address(s)
     except ValueError:
         return False
-    return True
+    return not (a.is_loopback or a.is_unspecified or a in _DOC_NET_V6)
 
 
 # ---------------------------------------------------------------- decoys
