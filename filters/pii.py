@@ -399,8 +399,8 @@ class PiiDetector:
                 n == 13 and asc.isdigit() and d.startswith(("978", "979"))
             ):
                 return None
-        if asc.count(".") == 1 and asc.replace(".", "").isdigit():
-            return None  # a decimal number
+        if asc.count(".") == 1 and asc.lstrip("+").replace(".", "").isdigit():
+            return None  # a (signed) decimal number
         plus = asc.startswith("+")
         if not plus and not has_ext and 12 <= n <= 19 and _card_grouping_ok(asc) and v.is_card(d):
             # Within a longer row of numbers only a whole 4-4-4-4 group counts as a card.

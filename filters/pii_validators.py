@@ -163,8 +163,8 @@ def is_ipv6(s: str) -> bool:
     """A valid IPv6 address that can point at someone.
 
     Needs at least two hex groups and a decimal digit somewhere (keeps ``::``, ``a::b`` and
-    hex words joined by colons out); loopback, unspecified and the documentation prefix
-    2001:db8::/32 are not taken.
+    hex words joined by colons out); loopback, unspecified, the documentation prefix
+    2001:db8::/32 and constants with fewer than three non-zero groups are not taken.
     """
     if s.count(":") < 2 or not any(c.isdigit() for c in s):
         return False
@@ -174,7 +174,10 @@ def is_ipv6(s: str) -> bool:
         a = ipaddress.IPv6Address(s)
     except ValueError:
         return False
-    return not (a.is_loopback or a.is_unspecified or a in _DOC_NET_V6)
+    if a.is_loopback or a.is_unspecified or a in _DOC_NET_V6:
+        return False
+    # Network-wide constants (ff02::1, fe00::0, fc00::1) have one or two non-zero groups.
+    return sum(g != "0000" for g in a.exploded.split(":")) >= 3
 
 
 # ---------------------------------------------------------------- decoys

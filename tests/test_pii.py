@@ -85,6 +85,15 @@ def test_private_key_block() -> None:
         "api_key = 'changeme_changeme_changeme'",
         "password: hunter2",
         "Versions 1.2.3 and 4.5.6 are out.",
+        "ff02::1 ip6-allnodes, fe00::0 ip6-localnet",
+        "'{:+f}'.format(3.14) gives '+3.140000'",
+        "© Copyright 2001-2026, Python Software Foundation.",
+        "This is a mitigation for CVE-2020-10735 (bpo-1635741).",
+        "5.10.2.1. Recompilation and 8.6.4.10. Class patterns",
+        "Boston, MA 02110-1301, USA.",
+        "fib(500): 0 1 1 2 3 5 8 13 21 34 55 89 144 233 377",
+        "Windows build 10.0.19041.123 and 软件版本10.0.18409.23。",
+        "Reference number 4018 0063 5637 1199 is our internal ticket.",
     ],
 )
 def test_leaves_decoys(text: str) -> None:
