@@ -599,8 +599,19 @@ _SAFE_REACH = 200
 def _safe_left(text: str, i: int) -> int:
     """A re-check start at or before ``i`` that no candidate crosses (or 0)."""
     i = max(0, min(i, len(text)))
+    lo = max(0, i - _SAFE_REACH)
+    j = i
+    while j > lo:
+        # Walk back over whitespace-separated words; prose reaches a soft place at once.
+        k = text.rfind(" ", lo, j)
+        if k < 0:
+            break
+        m = _SOFT.match(text, k - 1) if k else None
+        if m is not None:
+            return m.end()
+        j = k
     last = None
-    for last in _SOFT.finditer(text, max(0, i - _SAFE_REACH), i):
+    for last in _SOFT.finditer(text, lo, i):
         pass
     return last.end() if last is not None else 0
 
