@@ -504,7 +504,7 @@ def jaccard_pairs(
     offsets: np.ndarray,
     ia: np.ndarray,
     ib: np.ndarray,
-    max_elements: int = 1 << 21,
+    max_elements: int = 1 << 19,
 ) -> np.ndarray:
     """Exact Jaccard similarity of document pairs on their sets of 64-bit shingle hashes.
 
@@ -612,12 +612,17 @@ class MinHasher:
             a, b = self.a[:, None], self.b[:, None]
             starts = offsets[nz]
             ends = offsets[nz + 1]
+            flat = np.empty(self.num_perm * self.chunk_rows, U32)  # reused: no page faults per block
             k = 0
             while k < nz.size:
                 s0 = starts[k]
                 k1 = max(k + 1, int(np.searchsorted(ends, s0 + self.chunk_rows, side="right")))
                 s1 = ends[k1 - 1]
-                block = np.multiply(a, h[None, s0:s1])
+                m = int(s1 - s0)
+                if m > self.chunk_rows:
+                    flat = np.empty(self.num_perm * m, U32)
+                block = flat[: self.num_perm * m].reshape(self.num_perm, m)
+                np.multiply(a, h[None, s0:s1], out=block)
                 np.add(block, b, out=block)
                 sig_t[:, nz[k:k1]] = np.minimum.reduceat(block, starts[k:k1] - s0, axis=1)
                 k = k1

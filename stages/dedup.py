@@ -82,11 +82,12 @@ class DedupConfig(StageConfig):
         bucket_window: each member of an LSH bucket is paired with the next this many members
             (all pairs when the bucket is no larger than window + 1).
         partitions: number of band-key partitions of the shuffle (and of pair partitions);
-            None: enough that one holds about ``partition_mb`` of band rows, at least one per
-            worker. The kept set does not depend on it.
+            None: enough that one holds about ``partition_mb`` of band rows and shingle sets,
+            at least one per worker. The kept set does not depend on it.
         partition_mb: target size of one partition when ``partitions`` is None.
-        score_column: keep the highest value of this column in each cluster when the shards
-            have it (None: ignore scores); ties and missing scores fall back to the lowest id.
+        score_column: keep the best value of this column in each cluster when the shards have
+            it (None: ignore scores); ties and missing scores fall back to the lowest id.
+        higher_score_is_better: False for columns where lower is better (``ppl``).
         batch_chars: characters of text hashed per batch (bounds worker memory).
         keep_work: keep ``_work/`` (intermediate files) after the stage finishes.
     """
@@ -110,6 +111,7 @@ class DedupConfig(StageConfig):
     partitions: int | None = None
     partition_mb: int = 256
     score_column: str | None = "quality_score"
+    higher_score_is_better: bool = True
     batch_chars: int = 2_000_000
     keep_work: bool = False
 
@@ -512,7 +514,7 @@ def choose_keepers(labels: np.ndarray, scores: np.ndarray, ids: pa.Array) -> np.
     return keeper_of_label[labels]
 
 
-def resolve(work: Path, n_shards: int, partitions: int, exact: bool) -> dict:
+def resolve(work: Path, partitions: int, exact: bool, higher_is_better: bool = True) -> dict:
     """Phase 4 on the driver: components of the edge list, keepers, and the decisions file."""
     ea, eb = [], []
     for q in range(partitions):
@@ -543,7 +545,8 @@ def resolve(work: Path, n_shards: int, partitions: int, exact: bool) -> dict:
          "hi": pa.array([], pa.uint64()), "lo": pa.array([], pa.uint64())}
     )
     ids = meta.column("id").combine_chunks()
-    keeper = choose_keepers(labels, _np(meta.column("score"), np.float64), ids)
+    score = _np(meta.column("score"), np.float64)
+    keeper = choose_keepers(labels, score if higher_is_better else -score, ids)
     hi, lo = _np(meta.column("hi")), _np(meta.column("lo"))
     removed = np.flatnonzero(keeper != np.arange(nodes.shape[0]))
     k = keeper[removed]
@@ -589,12 +592,20 @@ class DedupStage(GlobalStage):
         return mh.lsh_params(cfg.lsh_threshold, cfg.num_perm, cfg.lsh_weights)
 
     def partitions(self, inputs: tuple[str, ...], bands: int, workers: int) -> int:
-        """The configured partition count, or enough for ``partition_mb`` of band rows each."""
+        """The configured partition count, or enough that one partition holds about
+        ``partition_mb`` of band rows and shingle sets (estimated from the Parquet footers:
+        row counts, and the uncompressed text size as a bound on 8 bytes per shingle)."""
         if self.config.partitions is not None:
             return self.config.partitions
-        rows = sum(pq.read_metadata(p).num_rows for p in inputs)
-        band_bytes = rows * (bands + 1) * _BAND_ROW_BYTES
-        return max(1, workers, -(-band_bytes // (self.config.partition_mb << 20)))
+        total = 0
+        for p in inputs:
+            meta = pq.read_metadata(p)
+            total += meta.num_rows * (bands + 1) * _BAND_ROW_BYTES
+            names = [meta.schema.column(j).name for j in range(meta.num_columns)]
+            if "text" in names:
+                j = names.index("text")
+                total += sum(meta.row_group(g).column(j).total_uncompressed_size for g in range(meta.num_row_groups))
+        return max(1, workers, -(-total // (self.config.partition_mb << 20)))
 
     def _prepare_work(self, ctx: GlobalContext, plan_id: dict) -> Path:
         work = ctx.out_dir / WORK
@@ -659,7 +670,7 @@ class DedupStage(GlobalStage):
             ctx, VerifyWorker, plan, parts, lambda t: work / "verify" / f"q{t['partition']:04d}.json", "verify"))
         summary = _marker(work / "decisions.json") if (work / "decisions.parquet").exists() else None
         if summary is None:
-            summary = timed("components", lambda: resolve(work, S, P, cfg.exact))
+            summary = timed("components", lambda: resolve(work, P, cfg.exact, cfg.higher_score_is_better))
         filt = timed("filter", lambda: self._phase(
             ctx, FilterWorker, plan, shards, lambda t: work / "filter" / f"s{t['shard']:05d}.json", "filter"))
 

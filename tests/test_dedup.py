@@ -216,6 +216,32 @@ def test_kept_set_independent_of_partitions_and_shard_layout(corpus, reference, 
         assert sorted(kept) == sorted(ref_kept) and rej == ref_rej
 
 
+def test_empty_shard_and_null_text(corpus, reference, tmp_path):
+    docs, paths, _, _ = corpus
+    src = pq.read_table(paths[0])
+    empty = Path(write_parquet(src.slice(0, 0), tmp_path / "in" / "part-00009.parquet")["path"])
+    nulls = src.slice(0, 2).set_column(1, "text", pa.array([None, None], pa.string()))
+    nulls = nulls.set_column(0, "id", pa.array(["n0", "n1"], pa.string()))
+    null_path = Path(write_parquet(nulls, tmp_path / "in" / "part-00010.parquet")["path"])
+    out = tmp_path / "dedup"
+    body = run([empty] + paths + [null_path], out)
+    kept, rej = outputs(out)
+    ref_kept, ref_rej = outputs(reference[0])
+    # Null texts are empty texts: exact duplicates of "" (g0, the lowest id of that cluster).
+    assert rej == {**ref_rej, "n0": (EXACT, "g0"), "n1": (EXACT, "g0")} and sorted(kept) == sorted(ref_kept)
+    assert body["shards"][0] == {"index": 0, "input": {"path": str(empty.resolve()), "rows": 0}, "kept": 0, "rejected": 0}
+
+
+def test_lower_score_is_better_and_no_score(corpus, tmp_path):
+    _, paths, _, _ = corpus
+    run(paths, tmp_path / "lo", higher_score_is_better=False)
+    _, rej = outputs(tmp_path / "lo")
+    assert rej["e1"] == (NEAR, "e0") and rej["e2"] == (NEAR, "e0")  # missing scores rank last
+    run(paths, tmp_path / "none", score_column=None)
+    _, rej = outputs(tmp_path / "none")
+    assert rej["e1"] == (NEAR, "e0") and rej["e2"] == (NEAR, "e0")  # lowest id
+
+
 def test_exact_only_and_minhash_only(corpus, tmp_path):
     docs, paths, _, _ = corpus
     run(paths, tmp_path / "x", minhash=False)
