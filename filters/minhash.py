@@ -1,24 +1,27 @@
 """Shingling, MinHash signatures, LSH banding and exact Jaccard, vectorised over documents.
 
 Everything here works on batches of documents with numpy; the only per-document Python work
-is string normalisation (``str.lower``/``str.split``/``str.join``, which run in C). There is
-no Python loop over tokens or shingles.
+is ``str.lower``/``str.encode`` (C calls) and, in :func:`sort_sets`, one small ``np.sort`` per
+document. There is no Python loop over tokens or shingles: tokens are found and hashed on the
+UTF-8 bytes of the whole batch at once.
 
 Hash family. Signatures use datasketch's default (``affine32``) permutation scheme with the
-very same parameters: ``a, b`` come from ``datasketch.MinHash(num_perm, seed).permutations``,
-the 32-bit shingle hash is pre-mixed with the MurmurHash3 finalizer and each permutation is
-``a_k * h + b_k mod 2**32``. Only the shingle hash differs from datasketch's default
-(``sha1`` of each shingle, which needs one Python call per shingle): here a shingle hash is a
-64-bit polynomial hash of its tokens computed with numpy. Given the same 32-bit shingle hashes
-the signatures are bit-identical to ``datasketch.MinHash`` (tested by handing datasketch our
-shingle hashes through its ``hashfunc`` argument), and with datasketch's own sha1 hashes the
+very same parameters (:func:`affine32_permutations` draws them exactly as
+``datasketch.MinHash(num_perm, seed)`` does): the 32-bit shingle hash is pre-mixed with the
+MurmurHash3 finalizer and each permutation is ``a_k * h + b_k mod 2**32``. Only the shingle
+hash differs from datasketch's default (``sha1`` of each shingle, one Python call per
+shingle): here it is a 64-bit hash of the shingle's tokens computed with numpy (a polynomial
+over each token's bytes, a polynomial over the n token hashes, MurmurHash3 finalizers), of
+which the top 32 bits feed the permutations. Given the same 32-bit shingle hashes the
+signatures are bit-identical to ``datasketch.MinHash`` (tested by handing datasketch our
+hashes through its ``hashfunc`` argument), and against datasketch's own sha1 hashing the
 Jaccard estimates agree within estimator error (tested too).
 
-Shingles. Word n-grams (default 5) over ``text.lower().split()``; character n-grams over the
-text with whitespace removed for documents written mostly in scripts without spaces between
-words (Han, Hiragana, Katakana). The 64-bit shingle hashes double as the shingle sets for
-exact-Jaccard verification (a 64-bit collision between two distinct shingles has probability
-about 2**-64 per pair of shingles).
+Shingles. Word n-grams (default 5) over exactly the tokens of ``text.lower().split()``;
+character n-grams over the text with whitespace removed for documents written mostly in
+scripts without spaces between words (Han, Hiragana, Katakana). The 64-bit shingle hashes
+double as the shingle sets for exact-Jaccard verification (two distinct shingles collide with
+probability about 2**-64).
 """
 
 from __future__ import annotations

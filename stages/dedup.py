@@ -23,10 +23,18 @@ the connected components, which run on the driver:
    ``rejected/part-XXXXX.parquet`` (reason ``dedup.exact_duplicate`` or
    ``dedup.minhash_duplicate``, ``detail`` = id of the kept twin) with the input's numbering.
 
-Keep rule: in each cluster the document with the highest ``score_column`` (when the shards
-have that column; missing/NaN scores rank last), then the lowest ``id``. Every phase writes its
-files atomically plus a marker under ``_work/``; a rerun skips finished tasks. ``_work/`` is
-removed at the end unless ``keep_work``.
+Keep rule: in each cluster the document with the best ``score_column`` (highest, or lowest
+with ``higher_score_is_better: false``; when the shards have that column; missing/NaN scores
+rank last), then the lowest ``id``. Clusters are connected components, so a document can be
+removed as a duplicate of a kept twin it reaches only through another member (the manifest's
+``cluster_size_histogram`` shows how large clusters get). Every phase writes its files
+atomically plus a marker under ``_work/``; a rerun skips finished tasks (a changed config or
+input clears ``_work/``). ``_work/`` is removed at the end unless ``keep_work``.
+
+Memory: a ``signature`` or ``filter`` task holds one input shard (its text, and its shingle
+sets at 8 bytes per shingle); a ``bucket`` task one partition of band rows; a ``verify`` task
+the shingle sets of the documents on its pairs; the driver the edge list. ``partitions``
+defaults to enough for about ``partition_mb`` per partition.
 """
 
 from __future__ import annotations
@@ -648,6 +656,10 @@ class DedupStage(GlobalStage):
             "partitions": P,
             "inputs": [[p, Path(p).stat().st_size, Path(p).stat().st_mtime_ns] for p in inputs],
         }
+        if S == 0:
+            return {"input_rows": 0, "kept_rows": 0, "rejected_rows": 0, "reasons": {}, "shards": [], "outputs": [],
+                    "rejected_outputs": [], "clusters": {"clusters": 0, "documents_in_clusters": 0,
+                                                         "largest_cluster": 0, "cluster_size_histogram": {}}}
         work = self._prepare_work(ctx, plan_id)
         plan = Plan(
             cfg.model_dump(mode="json"), bands, rows, P, inputs, str(work.resolve()), str(ctx.out_dir.resolve()),

@@ -232,6 +232,12 @@ def test_empty_shard_and_null_text(corpus, reference, tmp_path):
     assert body["shards"][0] == {"index": 0, "input": {"path": str(empty.resolve()), "rows": 0}, "kept": 0, "rejected": 0}
 
 
+def test_no_input_shards(tmp_path):
+    stage = DedupStage(DedupConfig())
+    body = stage.run(GlobalContext("dedup", [], None, tmp_path / "d", tmp_path, LocalExecutor(1), 1))
+    assert body["input_rows"] == body["kept_rows"] == body["rejected_rows"] == 0
+
+
 def test_lower_score_is_better_and_no_score(corpus, tmp_path):
     _, paths, _, _ = corpus
     run(paths, tmp_path / "lo", higher_score_is_better=False)
