@@ -54,6 +54,7 @@ import pyarrow.parquet as pq
 from pydantic import field_validator, model_validator
 
 from curate.config import StageConfig, config_hash
+from curate.errors import ConservationError, ShardError
 from curate.manifest import check_conservation, shard_name
 from curate.schema import make_rejected
 from curate.shardio import atomic_write_bytes, atomic_write_json, read_parquet, write_parquet
@@ -410,7 +411,10 @@ class VerifyWorker(_Worker):
             )
             got = _np(st.column("ref"))
             if not np.array_equal(got, want):
-                raise RuntimeError(f"dedup: shingle sets of shard {s} miss {np.setdiff1d(want, got).size} documents")
+                raise ShardError(
+                    f"dedup: work file sets/s{s:05d}.parquet misses {np.setdiff1d(want, got).size} documents "
+                    "(rerun with --force)"
+                )
             sh = st.column("shingles").combine_chunks()
             off = _np(sh.offsets, np.int64)
             values.append(_np(sh.values)[off[0] : off[-1]])
@@ -546,7 +550,7 @@ def resolve(work: Path, partitions: int, exact: bool, higher_is_better: bool = T
             filters=[("ref", "in", pa.array(want, pa.uint64()))],
         )
         if not np.array_equal(_np(t.column("ref")), want):
-            raise RuntimeError(f"dedup: metadata of shard {s} misses documents on edges")
+            raise ShardError(f"dedup: work file sets/s{s:05d}.parquet misses documents on edges (rerun with --force)")
         metas.append(t)
     meta = pa.concat_tables(metas) if metas else pa.table(
         {"ref": pa.array([], pa.uint64()), "id": pa.array([], pa.string()), "score": pa.array([], pa.float64()),
@@ -691,7 +695,7 @@ class DedupStage(GlobalStage):
         n_rej = sum(m["rejected"] for m in filt)
         check_conservation(n_in, n_kept, n_rej, f"stage {ctx.stage_name}")
         if n_rej != summary["removed"]:
-            raise RuntimeError(f"dedup: {summary['removed']} decisions but {n_rej} rejected rows")
+            raise ConservationError(f"stage {ctx.stage_name}: {summary['removed']} dedup decisions but {n_rej} rejected rows")
         reasons: Counter = Counter()
         for m in filt:
             reasons.update(m["reasons"])

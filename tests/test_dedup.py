@@ -296,6 +296,16 @@ def test_resume_after_a_crash_gives_the_same_bytes(corpus, reference, tmp_path, 
         assert (out / p.relative_to(ref)).read_bytes() == p.read_bytes()
 
 
+def test_changed_config_clears_stale_work(corpus, tmp_path):
+    _, paths, _, _ = corpus
+    out = tmp_path / "dedup"
+    with pytest.raises(_Crash):
+        run(paths, out, executor=_FlakyExecutor("filter", 2), partitions=3)
+    run(paths, out, minhash=False)
+    _, rej = outputs(out)
+    assert set(rej) == {"a1", "a2", "g1", "h1"}
+
+
 def test_config_errors():
     with pytest.raises(ConfigError, match="unknown key 'treshold'"):
         build_config(DedupConfig, {"treshold": 0.5}, "dedup config")
