@@ -60,6 +60,8 @@ class PerplexityConfig(StageConfig):
             used to compute the cut-offs (e.g. the reference source the model was trained
             on, whose perplexities are far below those of unseen text).
         keep_buckets: buckets whose documents are kept.
+        exempt_sources: documents of these sources (e.g. code) are scored and bucketed but
+            always kept, and left out of the cut-offs.
         unscored: keep or reject documents without a perplexity (no model for their
             language, or no tokens).
         lang_column: the language column.
@@ -71,6 +73,7 @@ class PerplexityConfig(StageConfig):
     normalize: bool = True
     percentiles: tuple[float, float] = (30.0, 60.0)
     cutoff_exclude_sources: list[str] = []
+    exempt_sources: list[str] = []
     keep_buckets: list[Literal["head", "middle", "tail"]] = ["head", "middle", "tail"]
     unscored: Literal["keep", "reject"] = "keep"
     lang_column: str = "lang"
@@ -108,7 +111,7 @@ class ScoreWorker:
             p = self.scorer.perplexity(text, lang)
             if p is not None:
                 ppl[i] = p
-        excluded = set(self.cfg.cutoff_exclude_sources)
+        excluded = set(self.cfg.cutoff_exclude_sources) | set(self.cfg.exempt_sources)
         by_lang: dict[str, list[float]] = {}
         by_lang_excluded: dict[str, list[float]] = {}
         for lang, src, p in zip(langs, table.column("source").to_pylist(), ppl):
@@ -149,8 +152,12 @@ class BucketWorker:
         ppl = task["ppl"]
         buckets = [bucket_of(p, self.cutoffs.get(lang)) if lang else None for p, lang in zip(ppl, langs)]
         keep, reasons = [], []
-        for p, lang, b in zip(ppl, langs, buckets):
-            if b is not None:
+        exempt = set(cfg.exempt_sources)
+        sources = table.column("source").to_pylist() if exempt else [None] * table.num_rows
+        for p, lang, b, src in zip(ppl, langs, buckets, sources):
+            if src in exempt:
+                ok = True
+            elif b is not None:
                 ok = b in cfg.keep_buckets
                 reason = f"{REASON_PREFIX}.ppl_{b}"
             else:

@@ -73,6 +73,7 @@ class QualityConfig(StageConfig):
         stop_words: language code -> stop words (single characters for CJK languages).
         lang_column: the column with the language code (the langid stage's ``lang``).
         default_lang: language of documents when the column is absent or null.
+        exempt_sources: sources whose documents the rules never reject (signals are still written), e.g. code.
     """
 
     gopher_max_dup_lines: float | None = 0.30
@@ -113,6 +114,7 @@ class QualityConfig(StageConfig):
     stop_words: dict[str, list[str]] = DEFAULT_STOP_WORDS
     lang_column: str = "lang"
     default_lang: str | None = None
+    exempt_sources: list[str] = []
 
 
 def signal_schema() -> list[pa.Field]:
@@ -167,6 +169,12 @@ class QualityStage(MapStage):
         else:
             langs = [None] * table.num_rows
         signals, failed = self.score(texts, langs)
+        exempt = set(cfg.exempt_sources)
+        if exempt:
+            # Signals are still written; the natural-language rules do not decide these sources.
+            for i, src in enumerate(table.column("source").to_pylist()):
+                if src in exempt:
+                    failed[i] = []
 
         for f in self.fields:
             col = pa.array([s[f.name] for s in signals], f.type)
