@@ -247,39 +247,26 @@ _FOLDS: dict[str, tuple[tuple[str, str], ...]] = {
 }
 
 
-def _trie_pattern(entries: list[str]) -> str:
-    """One regex alternation, shared prefixes factored out, for words and ``stem*`` entries."""
-    trie: dict = {}
-    for entry in entries:
-        node = trie
-        for ch in entry.rstrip("*"):
-            node = node.setdefault(ch, {})
-        node["*" if entry.endswith("*") else "$"] = {}
-
-    def emit(node: dict) -> str:
-        if "*" in node:
-            return r"\w*"
-        alts = [re.escape(ch) + emit(child) for ch, child in sorted(node.items()) if ch != "$"]
-        if "$" in node:
-            alts.append("")
-        return alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
-
-    return emit(trie)
+_WORD = re.compile(r"\w+")
 
 
 class _MarkerSet:
-    """The compiled markers of one group: one regex with a named group per language."""
+    """The markers of one group as lookup tables: whole words, and ``stem*`` entries by stem
+    length. A word counts for the first language (in the group's order) that lists it."""
 
     def __init__(self, group: str):
         self.langs = tuple(MARKERS[group])
-        self.regex = re.compile(
-            r"\b(?:"
-            + "|".join(
-                f"(?P<{lang}>" + _trie_pattern(MARKERS[group][lang].split()) + ")"
-                for lang in self.langs
-            )
-            + r")\b"
-        )
+        self.words: dict[str, str] = {}
+        stems: dict[int, dict[str, str]] = {}
+        for lang in self.langs:
+            for entry in MARKERS[group][lang].split():
+                if entry.endswith("*"):
+                    stem = entry[:-1]
+                    stems.setdefault(len(stem), {}).setdefault(stem, lang)
+                else:
+                    self.words.setdefault(entry, lang)
+        self.stems = sorted(stems.items())
+        self.order = {lang: i for i, lang in enumerate(self.langs)}
         self.fold = _FOLDS.get(group)
         self.infixes = INFIXES.get(group, {})
 
@@ -292,8 +279,18 @@ class _MarkerSet:
         counts = dict.fromkeys(self.langs, 0)
         for lang, subs in self.infixes.items():
             counts[lang] += sum(low.count(sub) for sub in subs)
-        for m in self.regex.finditer(low):
-            counts[m.lastgroup] += 1
+        words, stems, order = self.words, self.stems, self.order
+        for tok in _WORD.findall(low):
+            lang = words.get(tok)
+            n = len(tok)
+            for k, table in stems:
+                if k > n:
+                    break
+                other = table.get(tok[:k])
+                if other is not None and (lang is None or order[other] < order[lang]):
+                    lang = other
+            if lang is not None:
+                counts[lang] += 1
         return counts
 
 
@@ -490,20 +487,34 @@ class LanguageIdentifier:
 
     def identify(self, text: str | None) -> LidResult | None:
         """Predict the language of ``text``; None when it has no letters to judge."""
-        if not text:
-            return None
-        norm = normalize_for_lid(text, self.max_chars)
-        if not has_letters(norm):
-            return None
-        top = self.fasttext.predict(norm, self._k)
-        lang, score = top[0]
-        method = "fasttext"
-        if self.nb is not None:
-            group = self.group_of.get(lang)
-            below = self.fallback_below if group is None else self.group_below[group]
-            if score < below:
-                lang, score, method = self._second_stage(norm, top, group)
-        return LidResult(lang, score, tuple(top[: self.top_k]), method)
+        return self.identify_batch([text])[0]
+
+    def identify_batch(self, texts: Sequence[str | None]) -> list[LidResult | None]:
+        """:meth:`identify` for many texts: fastText over all of them first, then the second
+        stage over those that need it. The two passes keep each model's tables in cache
+        (interleaving them slows fastText down by a fifth or more)."""
+        out: list[LidResult | None] = [None] * len(texts)
+        pending = []
+        predict, k, top_k = self.fasttext.predict, self._k, self.top_k
+        for i, text in enumerate(texts):
+            if not text:
+                continue
+            norm = normalize_for_lid(text, self.max_chars)
+            if not has_letters(norm):
+                continue
+            top = predict(norm, k)
+            lang, score = top[0]
+            if self.nb is not None:
+                group = self.group_of.get(lang)
+                below = self.fallback_below if group is None else self.group_below[group]
+                if score < below:
+                    pending.append((i, norm, top, group))
+                    continue
+            out[i] = LidResult(lang, score, tuple(top[:top_k]), "fasttext")
+        for i, norm, top, group in pending:
+            lang, score, method = self._second_stage(norm, top, group)
+            out[i] = LidResult(lang, score, tuple(top[:top_k]), method)
+        return out
 
     def _second_stage(
         self, norm: str, top: list[tuple[str, float]], group: str | None

@@ -127,14 +127,13 @@ class LangId(MapStage):
     def process(self, table: pa.Table) -> ShardResult:
         if not hasattr(self, "lid"):
             self.setup()
-        identify = self.lid.identify
+        identify_batch = self.lid.identify_batch
         allowed = self._allowed
         floors = self.config.min_score_by_lang
         min_score = self.config.min_score
         langs, scores, methods, tops = [], [], [], []
         keep, reasons, details = [], [], []
-        for text in table.column("text").to_pylist():
-            res = identify(text)
+        for res in identify_batch(table.column("text").to_pylist()):
             if res is None:
                 langs.append(None)
                 scores.append(None)
