@@ -77,16 +77,24 @@ class PipelineSpec(BaseModel):
         return v
 
 
-def load_pipeline(path: str | Path) -> PipelineSpec:
-    """Read a pipeline YAML; relative input paths resolve against the current directory."""
+def read_yaml_mapping(path: str | Path, what: str) -> dict:
+    """The top-level mapping of a YAML file; a missing file, bad YAML or another top-level
+    type is a ConfigError naming the file (``what`` says which kind of file it is)."""
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"pipeline file not found: {path}")
+    if not path.is_file():
+        raise ConfigError(f"{what} file not found: {path}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML: {e}") from None
-    return parse_pipeline(data, str(path))
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def load_pipeline(path: str | Path) -> PipelineSpec:
+    """Read a pipeline YAML; relative input paths resolve against the current directory."""
+    return parse_pipeline(read_yaml_mapping(path, "pipeline"), str(path))
 
 
 def parse_pipeline(data: Any, where: str) -> PipelineSpec:

@@ -43,10 +43,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
-import yaml
 from pydantic import Field, field_validator, model_validator
 
-from curate.config import StageConfig, build_config, config_hash
+from curate.config import StageConfig, build_config, config_hash, read_yaml_mapping
 from curate.errors import ConfigError
 from curate.schema import make_rejected, rejected_schema
 from curate.shardio import atomic_write_bytes, atomic_write_json, read_parquet, sha256_file, write_parquet
@@ -142,15 +141,7 @@ class MixtureSpec(StageConfig):
 
 def load_mixture(path: str | Path) -> MixtureSpec:
     """Read and validate a mixture YAML; errors name the key and the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"mixture file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
+    data = read_yaml_mapping(path, "mixture")
     return build_config(MixtureSpec, data, f"mixture {path}")  # type: ignore[return-value]
 
 
@@ -503,6 +494,15 @@ class MixStage(GlobalStage):
     name = "mix"
     version = "1"
     Config = MixConfig
+
+    def extra_inputs(self, run_dir: Path) -> list[tuple[str, str]]:
+        """A user's tokenizer file: a changed tokenizer makes a finished mixture stale."""
+        tok = self.config.mixture.tokenizer.path  # type: ignore[attr-defined]
+        if tok and Path(tok).is_file():
+            from curate.shardio import sha256_file
+
+            return [("tokenizer", sha256_file(tok))]
+        return []
 
     def run(self, ctx: GlobalContext) -> dict[str, Any]:
         cfg: MixConfig = self.config  # type: ignore[assignment]
