@@ -14,7 +14,7 @@ from rich.table import Table
 from .errors import CurateError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Corpus curation pipeline for LLM training.")
-console = Console(stderr=False)
+console = Console(stderr=False, width=None if sys.stdout.isatty() else 120)
 err_console = Console(stderr=True)
 
 
@@ -40,7 +40,7 @@ def run(
                      log=lambda m: console.print(m, highlight=False, markup=False))
     except CurateError as e:
         _fail(e)
-    inspect(run_dir)
+    inspect(run_dir, top=5)
     console.print(f"outputs: {run_dir.resolve()}  (query: curate sql \"SELECT ...\" --run {run_dir})")
 
 
@@ -74,7 +74,10 @@ def sql(
 
 
 @app.command()
-def inspect(run_dir: Path = typer.Argument(..., help="run directory")):
+def inspect(
+    run_dir: Path = typer.Argument(..., help="run directory"),
+    top: int = typer.Option(5, help="reject reasons shown per stage (the rest are summed)"),
+):
     """Print the funnel: documents in, kept and rejected by reason, per stage."""
     from .manifest import read_manifest
     from .sql import stage_dirs
@@ -82,6 +85,7 @@ def inspect(run_dir: Path = typer.Argument(..., help="run directory")):
     if not run_dir.is_dir():
         _fail(CurateError(f"run directory not found: {run_dir}"))
     t = Table("stage", "in", "kept", "rejected", "by reason", "s", "docs/s", title=f"funnel: {run_dir}")
+    t.columns[4].overflow = "fold"
     for d in stage_dirs(run_dir):
         m = read_manifest(d)
         if m is None:
@@ -89,7 +93,11 @@ def inspect(run_dir: Path = typer.Argument(..., help="run directory")):
             continue
         tm = m.get("timings", {})
         if "input_rows" in m:
-            reasons = "\n".join(f"{k}: {v}" for k, v in sorted(m.get("reasons", {}).items(), key=lambda kv: -kv[1]))
+            ranked = sorted(m.get("reasons", {}).items(), key=lambda kv: (-kv[1], kv[0]))
+            reasons = "\n".join(f"{k}: {v}" for k, v in ranked[:top])
+            if len(ranked) > top:
+                rest = sum(v for _, v in ranked[top:])
+                reasons += f"\n(+{len(ranked) - top} more reasons: {rest})"
             t.add_row(d.name, str(m["input_rows"]), str(m["kept_rows"]), str(m["rejected_rows"]), reasons,
                       str(tm.get("seconds", "")), str(tm.get("docs_per_s", "")))
         else:
