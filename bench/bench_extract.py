@@ -36,7 +36,7 @@ def plain_loop(files: list[Path]) -> tuple[int, float]:
                 if "html" not in (rec.http_headers.get_header("Content-Type") or ""):
                     continue
                 body = rec.content_stream().read()
-                trafilatura.extract(body, favor_precision=True, include_comments=False, deduplicate=False)
+                trafilatura.extract(body, include_comments=False, deduplicate=False)
                 n += 1
     return n, time.perf_counter() - t0
 

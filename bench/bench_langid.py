@@ -66,7 +66,7 @@ def debian_sample(shared: Path, every: int, cache_dir: Path) -> pa.Table | None:
             if n_html % every:
                 continue
             html, _, _ = decode_html(item.body, ctype)
-            text = trafilatura.extract(html, favor_precision=True, include_tables=True) if html else None
+            text = trafilatura.extract(html, include_comments=False, include_tables=True) if html else None
             if text:
                 ids.append(f"{shard.name}#{item.offset}")
                 texts.append(text)

@@ -77,7 +77,7 @@ class ExtractConfig(StageConfig):
     max_html_bytes: int = 2_000_000
     max_text_chars: int = 1_000_000
     min_text_chars: int = 1
-    favor_precision: bool = True
+    favor_precision: bool = False
     favor_recall: bool = False
     include_tables: bool = True
     include_comments: bool = False
