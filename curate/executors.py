@@ -60,11 +60,36 @@ class LocalExecutor(Executor):
                 prog.advance(t)
 
 
+class _WorkerHost:
+    """A Ray actor that hosts one worker object at a time.
+
+    The executor keeps its hosts across ``map`` calls, so a pipeline starts its Ray worker
+    processes once instead of once per stage and phase; a host rebuilds its worker only when
+    a ``map`` asks for another class or other init arguments (models still load once per
+    worker per stage).
+    """
+
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.worker: Any = None
+
+    def setup(self, worker_cls: type, init_args: tuple, key: tuple) -> bool:
+        if key != self.key:
+            self.worker = None  # drop the previous stage's models before loading new ones
+            self.worker = worker_cls(*init_args)
+            self.key = key
+        return True
+
+    def run(self, task: Any) -> Any:
+        return self.worker(task)
+
+
 class RayExecutor(Executor):
     """Ray actors, one per worker, each fed one task at a time (bounded in flight).
 
     With ``RAY_ADDRESS`` set it joins that cluster; otherwise it starts Ray embedded on this
-    machine with at least ``workers`` CPUs.
+    machine with at least ``workers`` CPUs. The actors live as long as the executor (until
+    :meth:`close`), so consecutive stages reuse the same worker processes.
     """
 
     name = "ray"
@@ -74,6 +99,8 @@ class RayExecutor(Executor):
         import ray
 
         self._ray = ray
+        self._hosts: list[Any] = []
+        self._calls = 0
         if not ray.is_initialized():
             address = os.environ.get("RAY_ADDRESS")
             kwargs: dict[str, Any] = dict(
@@ -84,35 +111,48 @@ class RayExecutor(Executor):
             else:
                 ray.init(num_cpus=max(workers, os.cpu_count() or 1), **kwargs)
 
+    def _ensure_hosts(self, n: int) -> list[Any]:
+        remote_host = self._ray.remote(num_cpus=1, max_restarts=0)(_WorkerHost)
+        while len(self._hosts) < n:
+            self._hosts.append(remote_host.remote())
+        return self._hosts[:n]
+
     def map(self, worker_cls, init_args, tasks, desc=""):
         if not tasks:
             return
         ray = self._ray
-        n = min(self.workers, len(tasks))
-        remote_cls = ray.remote(num_cpus=1, max_restarts=0)(worker_cls)
-        actors = [remote_cls.remote(*init_args) for _ in range(n)]
+        hosts = self._ensure_hosts(min(self.workers, len(tasks)))
+        self._calls += 1
+        key = (worker_cls.__module__, worker_cls.__qualname__, self._calls)
+        ray.get([h.setup.remote(worker_cls, init_args, key) for h in hosts])
         queue = list(enumerate(tasks))
         queue.reverse()
-        idle = list(actors)
+        idle = list(hosts)
         pending: dict[Any, tuple[int, Any]] = {}
         try:
             with _progress() as prog:
                 t = prog.add_task(desc or worker_cls.__name__, total=len(tasks))
                 while queue or pending:
                     while idle and queue:
-                        actor = idle.pop()
+                        host = idle.pop()
                         i, task = queue.pop()
-                        pending[actor.__call__.remote(task)] = (i, actor)
+                        pending[host.run.remote(task)] = (i, host)
                     done, _ = ray.wait(list(pending), num_returns=1)
                     for ref in done:
-                        i, actor = pending.pop(ref)
+                        i, host = pending.pop(ref)
                         result = ray.get(ref)
-                        idle.append(actor)
+                        idle.append(host)
                         prog.advance(t)
                         yield i, result
-        finally:
-            for a in actors:
-                ray.kill(a)
+        except BaseException:
+            # A failed or abandoned map leaves tasks running: do not reuse those processes.
+            self.close()
+            raise
+
+    def close(self) -> None:
+        for h in self._hosts:
+            self._ray.kill(h)
+        self._hosts = []
 
 
 def get_executor(name: str, workers: int) -> Executor:

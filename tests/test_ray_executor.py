@@ -24,3 +24,37 @@ def test_ray_matches_local(tmp_path):
     assert local["extract"]["kept_rows"] == ray2["extract"]["kept_rows"] > 0
     assert _bytes(tmp_path / "local" / "extract") == _bytes(tmp_path / "ray2" / "extract") == _bytes(tmp_path / "ray1" / "extract")
     assert ray2["extract"]["executor"] == "ray" and ray2["extract"]["workers"] == 2
+
+
+def test_workers_are_reused_across_stages_and_rebuilt_per_stage(tmp_path):
+    """One set of Ray worker processes serves consecutive map calls; each call gets a freshly
+    built worker object (its own init arguments), and a failing task surfaces its error."""
+    from curate.executors import get_executor
+
+    ex = get_executor("ray", 2)
+    try:
+        first = dict(ex.map(_Pid, ("a",), list(range(6))))
+        second = dict(ex.map(_Pid, ("b",), list(range(6))))
+        assert {p for p, _ in first.values()} == {p for p, _ in second.values()}
+        assert {tag for _, tag in first.values()} == {"a"} and {tag for _, tag in second.values()} == {"b"}
+        with pytest.raises(Exception, match="task 3 failed"):
+            list(ex.map(_Fails, (), list(range(5))))
+    finally:
+        ex.close()
+
+
+class _Pid:
+    def __init__(self, tag):
+        self.tag = tag
+
+    def __call__(self, task):
+        import os
+
+        return os.getpid(), self.tag
+
+
+class _Fails:
+    def __call__(self, task):
+        if task == 3:
+            raise ValueError(f"task {task} failed")
+        return task
