@@ -204,7 +204,9 @@ def _encode(texts: Sequence[str | None], lowercase: bool) -> tuple[np.ndarray, n
 
 def _whitespace(buf: np.ndarray) -> np.ndarray:
     """Bytes that belong to a whitespace character as ``str.split()`` defines it."""
-    ws = _ASCII_WS[buf]
+    # The ASCII whitespace bytes (9-13, 28-31, 32, as in ``_ASCII_WS``) by comparisons,
+    # several times faster than a table lookup per byte.
+    ws = (buf == 32) | ((buf - np.uint8(9)) <= np.uint8(4)) | ((buf - np.uint8(28)) <= np.uint8(3))
     if buf.size and (buf >= 0x80).any():
         _mark_unicode_ws(buf, ws)
     return ws
@@ -233,6 +235,8 @@ def _tokens(buf: np.ndarray, ws: np.ndarray, table: _PowerTable) -> tuple[np.nda
     A token's hash is the polynomial ``sum(byte_i * K**i)`` over its bytes (``i`` counted from
     the token start, via one table of powers and one of inverse powers) combined with the
     token length by the 64-bit MurmurHash3 finalizer: numpy over the whole buffer, no loop.
+    The per-token sums are differences of one running sum (mod 2**64) at the token ends, so
+    the whitespace between tokens never needs zeroing.
     """
     nonws = ~ws
     head = nonws.copy()
@@ -244,8 +248,10 @@ def _tokens(buf: np.ndarray, ws: np.ndarray, table: _PowerTable) -> tuple[np.nda
         return starts, np.empty(0, U64)
     ends = np.flatnonzero(tail) + 1
     table.ensure(buf.size)
-    contrib = np.multiply(np.where(ws, np.uint8(0), buf), table.pow[: buf.size], dtype=U64)
-    th = np.add.reduceat(contrib, starts) * table.inv[starts]
+    run = np.multiply(buf, table.pow[: buf.size], dtype=U64)
+    np.cumsum(run, out=run)
+    th = run[ends - 1] - np.where(starts > 0, run[starts - 1], U64(0))
+    th *= table.inv[starts]
     return starts, fmix64(th ^ ((ends - starts).astype(U64) * _K_LEN))
 
 
@@ -420,9 +426,7 @@ class Shingler:
         word_units = None
         if not cmode.all():
             starts, units = _tokens(buf, ws, self._table)
-            head = np.zeros(buf.size, bool)
-            head[starts] = True
-            ntok = np.add.reduceat(head, doc_start, dtype=np.int64)
+            ntok = np.diff(np.append(np.searchsorted(starts, doc_start), starts.size))
             if cmode.any():
                 units = units[~np.repeat(cmode, ntok)]
                 ntok[cmode] = 0
@@ -479,6 +483,9 @@ def _ranks_within(counts: np.ndarray) -> np.ndarray:
     starts = np.zeros(counts.shape[0], np.int64)
     np.cumsum(counts[:-1], out=starts[1:])
     return np.arange(total, dtype=np.int64) - np.repeat(starts, counts)
+
+
+ranks_within = _ranks_within
 
 
 def sort_sets(values: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

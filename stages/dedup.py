@@ -6,9 +6,10 @@ the connected components, which run on the driver:
 1. ``signature`` (one task per input shard): normalised-text hash and MinHash signature of
    every document. The LSH band keys and the exact hashes go into one file per shard, split
    into ``P`` row groups by key hash (the shuffle: partition ``p`` reads row group ``p`` of
-   every shard); the shard's shingle sets (sorted 64-bit hashes), ids, scores and exact hashes
-   go into a per-shard set file for verification (8 bytes per distinct shingle, kept under
-   ``_work/`` until the stage ends).
+   every shard); the shard's shingle sets (sorted 64-bit hashes) go into a flat per-shard
+   uint64 file (8 bytes per distinct shingle), indexed by a per-shard Parquet file of ids,
+   scores, exact hashes and each document's start and count in it, for verification (kept
+   under ``_work/`` until the stage ends).
 2. ``bucket`` (one task per partition): equal band keys become candidate pairs, equal exact
    hashes exact-duplicate edges; candidate pairs are re-partitioned by pair hash, so each
    pair is verified once.
@@ -248,6 +249,23 @@ def _write_work(
     atomic_write_bytes(path, memoryview(sink.getvalue()))
 
 
+def _read_sets(path: Path, start: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """The set values ``[start, start + count)`` of each document, concatenated, from a flat
+    uint64 file (memory-mapped: only the pages of these documents are read)."""
+    total = int(count.sum())
+    need = int((start + count).max()) if start.size else 0
+    size = path.stat().st_size // 8
+    if need > size:
+        raise ShardError(f"dedup: work file {path.parent.name}/{path.name} is truncated (rerun with --force)")
+    if total == 0:
+        return np.empty(0, np.uint64)
+    mm = np.memmap(path, dtype="<u8", mode="r", shape=(size,))
+    try:
+        return np.asarray(mm[np.repeat(start, count) + mh.ranks_within(count)], np.uint64)
+    finally:
+        del mm
+
+
 def _read_group(path: Path, g: int, columns: list[str] | None = None) -> pa.Table:
     return pq.read_table(path, columns=columns, filters=[("part", "=", pa.scalar(g, pa.uint32()))])
 
@@ -327,6 +345,10 @@ class SignatureWorker(_Worker):
         counts = cat(set_counts, np.int64)
         offsets = np.zeros(n + 1, np.int64)
         np.cumsum(counts, out=offsets[1:])
+        # The set values go into a flat little-endian uint64 file (a nested Parquet list column
+        # cost more to encode than all the hashing); the Parquet file indexes it per document.
+        values = cat(set_values).astype("<u8", copy=False)
+        atomic_write_bytes(self.work / "sets" / f"s{s:05d}.u64", memoryview(values).cast("B"))
         sets = pa.table(
             {
                 "ref": _u64(refs),
@@ -334,7 +356,8 @@ class SignatureWorker(_Worker):
                 "score": pa.array(_score_of(table, cfg.score_column), pa.float64()),
                 "hi": _u64(eh[:, 0]),
                 "lo": _u64(eh[:, 1]),
-                "shingles": pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), _u64(cat(set_values))),
+                "start": pa.array(offsets[:-1], pa.int64()),
+                "count": pa.array(counts, pa.int64()),
             }
         )
         _write_work(self.work / "sets" / f"s{s:05d}.parquet", sets, row_group_size=1024)
@@ -406,7 +429,7 @@ class VerifyWorker(_Worker):
             want = nodes[shards == s]
             st = pq.read_table(
                 self.work / "sets" / f"s{s:05d}.parquet",
-                columns=["ref", "shingles"],
+                columns=["ref", "start", "count"],
                 filters=[("ref", "in", pa.array(want, pa.uint64()))],
             )
             got = _np(st.column("ref"))
@@ -415,10 +438,9 @@ class VerifyWorker(_Worker):
                     f"dedup: work file sets/s{s:05d}.parquet misses {np.setdiff1d(want, got).size} documents "
                     "(rerun with --force)"
                 )
-            sh = st.column("shingles").combine_chunks()
-            off = _np(sh.offsets, np.int64)
-            values.append(_np(sh.values)[off[0] : off[-1]])
-            counts.append(np.diff(off))
+            values.append(_read_sets(self.work / "sets" / f"s{s:05d}.u64", _np(st.column("start"), np.int64),
+                                     cnt := _np(st.column("count"), np.int64)))
+            counts.append(cnt)
         counts = np.concatenate(counts) if counts else np.empty(0, np.int64)
         offsets = np.zeros(counts.shape[0] + 1, np.int64)
         np.cumsum(counts, out=offsets[1:])
