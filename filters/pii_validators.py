@@ -11,6 +11,7 @@ shapes, entropy of secrets).
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import ipaddress
 import math
 import re
@@ -21,8 +22,10 @@ import phonenumbers
 from stdnum import iban as _iban
 from stdnum import isbn as _isbn
 from stdnum import luhn as _luhn
+from stdnum import numdb
 from stdnum.cn import ric as _ric
 from stdnum.us import ssn as _ssn
+from stdnum.util import get_cc_module
 
 # Full-width digits and punctuation that appear in CJK text, mapped to ASCII.
 _FULLWIDTH = {0xFF10 + i: 0x30 + i for i in range(10)}
@@ -41,7 +44,10 @@ def to_ascii(s: str) -> str:
 
 def digits_of(s: str) -> str:
     """The ASCII decimal digits of ``s`` (full-width and other scripts' digits included)."""
-    return "".join(c for c in to_ascii(s) if "0" <= c <= "9")
+    return _NON_DIGITS.sub("", to_ascii(s))
+
+
+_NON_DIGITS = re.compile(r"[^0-9]+")
 
 
 # ---------------------------------------------------------------- payment cards
@@ -90,9 +96,41 @@ def luhn_ok(d: str) -> bool:
 
 # ---------------------------------------------------------------- bank accounts
 
+_IBAN_CHARS = re.compile(r"[0-9A-Z]+")
+_IBAN_BASE36 = str.maketrans({chr(ord("A") + i): str(10 + i) for i in range(26)})
+_IBAN_STRUCT = re.compile(r"([1-9][0-9]*)!([nac])")
+_IBAN_CLASSES = {"n": "[0-9]", "a": "[A-Z]", "c": "[A-Za-z0-9]"}
+
+
+@functools.cache
+def _iban_country(cc: str) -> tuple[re.Pattern[str] | None, object]:
+    """(BBAN pattern, country module or None) of country code ``cc``; no pattern when
+    python-stdnum's IBAN registry does not know ``cc``. Built once per country from the
+    same registry and the same structure notation that :func:`stdnum.iban.validate` reads
+    on every call."""
+    props = numdb.get("iban").info(cc)[0][1]
+    if not props:
+        return None, None
+    struct = _IBAN_STRUCT.sub(lambda m: "%s{%s}" % (_IBAN_CLASSES[m.group(2)], m.group(1)), props.get("bban", ""))
+    return re.compile("^%s$" % struct), get_cc_module(cc, "iban")
+
+
 def is_iban(compact: str) -> bool:
-    """IBAN: known country, that country's length and BBAN format, mod-97 check."""
-    return _iban.is_valid(compact, check_country=True)
+    """IBAN: known country, that country's length and BBAN format, mod-97 check.
+
+    The same checks as python-stdnum's ``iban.is_valid(compact, check_country=True)``, in
+    the same order, with the registry entry of each country looked up once (stdnum looks
+    it up and rebuilds its pattern on every call); anything other than a compact upper-case
+    alphanumeric string goes to stdnum itself.
+    """
+    if len(compact) < 5 or not _IBAN_CHARS.fullmatch(compact):
+        return _iban.is_valid(compact, check_country=True)
+    if int((compact[4:] + compact[:4]).translate(_IBAN_BASE36)) % 97 != 1:
+        return False
+    bban_re, module = _iban_country(compact[:2])
+    if bban_re is None or not bban_re.match(compact[4:]):
+        return False
+    return module is None or module.is_valid(compact)
 
 
 def iban_prefix_length(chars: str) -> int:
