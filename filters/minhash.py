@@ -660,19 +660,44 @@ def lsh_params(threshold: float, num_perm: int, weights: tuple[float, float] = (
     if not 0.0 < threshold < 1.0:
         raise ValueError("threshold must be in (0, 1)")
     shapes = np.array([(b, r) for b in range(1, num_perm + 1) for r in range(1, num_perm // b + 1)], dtype=np.float64)
-    b, r = shapes[:, :1], shapes[:, 1:]
 
-    def simpson(lo: float, hi: float, miss: bool) -> np.ndarray:
-        x = np.linspace(lo, hi, 2049)[None, :]
-        y = 1.0 - (1.0 - x**r) ** b
-        if miss:
-            y = 1.0 - y
-        w = np.ones(x.shape[1])
-        w[1:-1:2], w[2:-1:2] = 4.0, 2.0
-        return (y * w).sum(axis=1) * (hi - lo) / (3 * (x.shape[1] - 1))
+    def error(sel: np.ndarray, fast: bool) -> np.ndarray:
+        b, r = shapes[sel, :1], shapes[sel, 1:]
 
-    err = weights[0] * simpson(0.0, threshold, False) + weights[1] * simpson(threshold, 1.0, True)
-    best = int(np.argmin(err))  # first minimum, in datasketch's (b, r) loop order
+        def simpson(lo: float, hi: float, miss: bool) -> np.ndarray:
+            x = np.linspace(lo, hi, 2049)[None, :]
+            w = np.ones(x.shape[1])
+            w[1:-1:2], w[2:-1:2] = 4.0, 2.0
+            if fast:
+                # In place, 32 shapes at a time (cache-sized, no fresh pages), exponents clipped
+                # at -700 (no subnormal numbers, which are slow to compute with).
+                out = np.empty(b.shape[0])
+                with np.errstate(divide="ignore"):
+                    lx = np.log(x)
+                    for k in range(0, b.shape[0], 32):
+                        z = r[k : k + 32] * lx
+                        np.exp(np.maximum(z, -700.0, out=z), out=z)
+                        np.log(np.subtract(1.0, z, out=z), out=z)
+                        np.multiply(z, b[k : k + 32], out=z)
+                        np.exp(np.maximum(z, -700.0, out=z), out=z)  # (1 - x**r) ** b
+                        if not miss:
+                            np.subtract(1.0, z, out=z)
+                        out[k : k + 32] = z @ w
+                return out * (hi - lo) / (3 * (x.shape[1] - 1))
+            y = 1.0 - (1.0 - x**r) ** b
+            if miss:
+                y = 1.0 - y
+            return (y * w).sum(axis=1) * (hi - lo) / (3 * (x.shape[1] - 1))
+
+        return weights[0] * simpson(0.0, threshold, False) + weights[1] * simpson(threshold, 1.0, True)
+
+    # exp(b*log(1-x**r)) is several times faster than pow and within ~1e-13 of it: it finds the
+    # few shapes near the minimum, which are then integrated exactly as before (so the choice,
+    # ties included, is the one the pow integrals give over every shape).
+    approx = error(np.arange(shapes.shape[0]), True)
+    margin = 1e-9 * (abs(weights[0]) + abs(weights[1]) + abs(float(approx.min())))
+    near = np.flatnonzero(approx <= approx.min() + margin)
+    best = int(near[int(np.argmin(error(near, False)))])  # first minimum, in datasketch's (b, r) loop order
     return int(shapes[best, 0]), int(shapes[best, 1])
 
 

@@ -249,6 +249,32 @@ def test_lsh_params_equal_datasketch():
     assert mh.candidate_probability(0.8, b, r) > 0.99 > mh.candidate_probability(0.8, *mh.lsh_params(0.8, 128))
 
 
+def _lsh_params_by_pow(threshold, num_perm, weights):
+    """The choice over every shape with the pow integrals alone (what lsh_params refines)."""
+    shapes = np.array([(b, r) for b in range(1, num_perm + 1) for r in range(1, num_perm // b + 1)], np.float64)
+    b, r = shapes[:, :1], shapes[:, 1:]
+
+    def simpson(lo, hi, miss):
+        x = np.linspace(lo, hi, 2049)[None, :]
+        y = 1.0 - (1.0 - x**r) ** b
+        if miss:
+            y = 1.0 - y
+        w = np.ones(x.shape[1])
+        w[1:-1:2], w[2:-1:2] = 4.0, 2.0
+        return (y * w).sum(axis=1) * (hi - lo) / (3 * (x.shape[1] - 1))
+
+    err = weights[0] * simpson(0.0, threshold, False) + weights[1] * simpson(threshold, 1.0, True)
+    best = int(np.argmin(err))
+    return int(shapes[best, 0]), int(shapes[best, 1])
+
+
+def test_lsh_params_equal_the_full_pow_integrals():
+    for n in (1, 16, 128):
+        for th in (0.1, 0.3, 0.5, 0.7, 0.8, 0.95):
+            for w in ((0.5, 0.5), (0.1, 0.9), (1.0, 0.0), (0.0, 1.0), (2.0, 5.0)):
+                assert mh.lsh_params(th, n, w) == _lsh_params_by_pow(th, n, w), (th, w, n)
+
+
 def test_band_keys_collide_exactly_on_equal_bands():
     rng = np.random.default_rng(4)
     sig = rng.integers(0, 2**32, (6, 12), dtype=np.uint64).astype(np.uint32)
