@@ -447,12 +447,12 @@ class PiiDetector:
         n = len(d)
         # "00" is an international prefix only at the start of a run, not inside a row.
         intl = plus or (not strict and d.startswith("00") and n > 2 and d[2] != "0")
-        ctx = _PHONE_CTX.search(_window(text, s, e)) is not None
         if intl:
             nn = n - (0 if plus else 2)
             if not 7 <= nn <= 15:
                 return None
-            if ctx or v.intl_phone_possible(asc):  # context first: the parse is the costly part
+            # Context first: the parse is the costly part.
+            if _PHONE_CTX.search(_window(text, s, e)) or v.intl_phone_possible(asc):
                 return "phone"
             return None
         if not 7 <= n <= 12:
@@ -464,7 +464,7 @@ class PiiDetector:
             return None  # lists of small numbers, decimals; only 2-digit pairs come in long rows
         if _PRICE_BEFORE.search(text[max(0, s - 6):s]) or _PRICE_AFTER.search(text[e:e + 6]):
             return None
-        if ctx:
+        if _PHONE_CTX.search(_window(text, s, e)):
             return "phone"
         if strict or n < 9 or _POSTAL.fullmatch(asc):
             return None  # without context: whole national numbers (area code included) only
