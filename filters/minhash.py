@@ -238,15 +238,15 @@ def _tokens(buf: np.ndarray, ws: np.ndarray, table: _PowerTable) -> tuple[np.nda
     The per-token sums are differences of one running sum (mod 2**64) at the token ends, so
     the whitespace between tokens never needs zeroing.
     """
-    nonws = ~ws
-    head = nonws.copy()
-    head[1:] &= ws[:-1]
-    tail = nonws
-    tail[:-1] &= ws[1:]
-    starts = np.flatnonzero(head)
+    # Token boundaries are the changes of the whitespace flag, whitespace assumed around
+    # ``buf``: they alternate start, end, start, end...
+    flag = np.empty(ws.size + 2, np.int8)
+    flag[0] = flag[-1] = 1
+    flag[1:-1] = ws.view(np.int8)
+    edges = np.flatnonzero(flag[1:] != flag[:-1])
+    starts, ends = edges[0::2], edges[1::2]
     if starts.size == 0:
         return starts, np.empty(0, U64)
-    ends = np.flatnonzero(tail) + 1
     table.ensure(buf.size)
     run = np.multiply(buf, table.pow[: buf.size], dtype=U64)
     np.cumsum(run, out=run)
@@ -593,7 +593,7 @@ class MinHasher:
         chunk_rows: shingles permuted at once (a cache-sized block of ``chunk_rows x num_perm``).
     """
 
-    def __init__(self, num_perm: int = 128, seed: int = 1, chunk_rows: int = 4096):
+    def __init__(self, num_perm: int = 128, seed: int = 1, chunk_rows: int = 8192):
         if num_perm < 1:
             raise ValueError("num_perm must be >= 1")
         self.a, self.b = affine32_permutations(num_perm, seed)

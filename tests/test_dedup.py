@@ -368,3 +368,33 @@ def test_ray_executor_same_kept_set(corpus, reference, tmp_path):
         kept, rej = outputs(out)
         assert sorted(kept) == sorted(ref_kept) and rej == ref_rej
         assert (out / "part-00000.parquet").read_bytes() == (reference[0] / "part-00000.parquet").read_bytes()
+
+
+def test_work_file_reads_equal_filtered_reads(tmp_path):
+    """The row-group reads of work files give what ``pq.read_table(filters=...)`` gives."""
+    import numpy as np
+
+    from stages.dedup import _read_filtered, _read_group, _read_refs, _ref, _write_work
+
+    rng = np.random.default_rng(0)
+    n, P = 3000, 5
+    part = rng.integers(0, P, n).astype(np.uint32)
+    t = pa.table({"part": pa.array(part), "key": pa.array(rng.integers(0, 2**63, n, dtype=np.uint64))})
+    _write_work(tmp_path / "b.parquet", t, part, P + 2)  # groups 5 and 6 are empty
+    for g in range(P + 2):
+        want = pq.read_table(tmp_path / "b.parquet", columns=["key"], filters=[("part", "=", pa.scalar(g, pa.uint32()))])
+        assert _read_group(tmp_path / "b.parquet", g, ["key"]).equals(want)
+    refs = _ref(3, np.arange(n))
+    sets = pa.table({"ref": pa.array(refs), "id": pa.array([f"d{i}" for i in range(n)])})
+    _write_work(tmp_path / "s.parquet", sets, row_group_size=256)
+    for want in (refs[[0, 5, 255, 256, 1000, 2999]], refs[:0], refs[rng.choice(n, 400, replace=False)]):
+        want = np.sort(want)
+        got = _read_refs(tmp_path / "s.parquet", want, ["ref", "id"])
+        ref = pq.read_table(tmp_path / "s.parquet", columns=["ref", "id"], filters=[("ref", "in", pa.array(want, pa.uint64()))])
+        assert got.equals(ref)
+    beyond = _read_refs(tmp_path / "s.parquet", np.append(refs[:2], _ref(3, np.array([n + 5]))), ["ref"])
+    assert beyond.column("ref").to_pylist() == refs[:2].tolist()  # a missing row is left out, not invented
+    for lo, hi in ((3 << 32, 4 << 32), (_ref(3, np.array([700]))[0], _ref(3, np.array([1900]))[0]), (0, 3 << 32)):
+        ref = pq.read_table(tmp_path / "s.parquet", filters=[("ref", ">=", pa.scalar(int(lo), pa.uint64())),
+                                                              ("ref", "<", pa.scalar(int(hi), pa.uint64()))])
+        assert _read_filtered(tmp_path / "s.parquet", int(lo), int(hi)).equals(ref)
