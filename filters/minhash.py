@@ -144,13 +144,17 @@ def _window_hashes(units: np.ndarray, counts: np.ndarray, n: int, salt: np.uint6
         sel = short & (counts == j + 1)
         if sel.any():
             short_vals[sel] = acc[starts[sel]]
-    doc_of = np.repeat(np.arange(ndoc), counts)
-    pos = np.arange(total)
-    long_ok = pos + n <= ends[doc_of]
-    short_start = short[doc_of] & (pos == starts[doc_of])
-    vals = np.where(short_start, short_vals[doc_of], acc)
-    keep = long_ok | short_start
-    out = fmix64(vals[keep] ^ salt)
+    # Keep every window that fits in its document, and the first position of a short one
+    # (holding the hash of all its units): masks over the few positions to drop, not all.
+    keep = np.ones(total, bool)
+    if n > 1:
+        full = counts >= n
+        keep[(ends[full][:, None] - np.arange(1, n)).ravel()] = False
+        if short.any():
+            tail = starts[short][:, None] + np.arange(1, n - 1)
+            keep[tail[tail < ends[short][:, None]]] = False
+            acc[starts[short]] = short_vals[short]
+    out = fmix64(acc[keep] ^ salt)
     per_doc = np.where(counts >= n, counts - n + 1, np.where(counts > 0, 1, 0))
     return out, per_doc
 

@@ -116,6 +116,24 @@ def test_short_and_empty_documents():
     assert (sig[0] == mh.MAX_HASH32).all() and (sig[2] != mh.MAX_HASH32).any()
 
 
+def test_shingle_and_exact_hashes_are_pinned():
+    """The hash values themselves decide the kept set: speed-ups must not change one bit."""
+    import hashlib
+
+    texts = ["", "   ", None, "one", "one two", "One TWO three four", "a b c d e", "a b c d e f g",
+             "The quick brown fox\u3000jumps over\u00a0the lazy dog \u2028 again and AGAIN, Ünïcödé İstanbul ǅ",
+             "我们今天去公园散步然后回家吃饭晚上看书学习数学和历史课本", "mixed 日本語のテキスト text here",
+             "tab\tsep\nnew line\x1cfs  end "] * 3
+    h = hashlib.sha256()
+    for mode in ("word", "char", "auto"):
+        for n in (1, 3, 5):
+            b = mh.Shingler(mode=mode, word_ngram=n, char_ngram=n)(texts)
+            h.update(b.values.tobytes())
+            h.update(b.offsets.astype(np.int64).tobytes())
+            h.update(mh.Shingler(mode=mode, word_ngram=n).exact_hashes(texts, ("lower", "whitespace"), b).tobytes())
+    assert h.hexdigest() == "ea718f01f3b871c6f88feea9cf8f4311a884b51f59e425baab6027c69680ee91"
+
+
 # --------------------------------------------------------------------------- MinHash vs datasketch
 
 
