@@ -723,6 +723,7 @@ class DedupStage(GlobalStage):
         plan_id = {
             "config_hash": config_hash(cfg),
             "version": self.version,
+            "work_format": 2,  # 2: shingle sets in flat .u64 files; older _work/ is cleared, not resumed
             "bands": bands,
             "rows": rows,
             "partitions": P,
