@@ -35,19 +35,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCE_BY_DOMAIN = {
-    "wiki.example.org": "wiki",
-    "news.example.gov.cn": "news",
-    "paper.example.com.cn": "news",
-    "forum.example.com": "forum",
-    "bbs.example.cn": "forum",
-    "books.example.net": "books",
-    "docs.example.dev": "code",
-}
 LANG = "html_lang"
 
 
 def _pipeline(sample: Path) -> dict:
+    from curate.samplegen import SOURCE_BY_DOMAIN
+
     return {
         "pipeline": "bench-quality",
         "executor": "local",

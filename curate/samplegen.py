@@ -212,6 +212,18 @@ SITES = {s.domain: s for s in (
     Site("kuchikomi.example.jp", "web", "ja", "口コミまとめ", "spam"),
 )}
 
+# The extract stage's ``source_by_domain`` for this crawl (domain suffix -> category; the rest
+# is ``web``), as manifests/demo.yaml spells it.
+SOURCE_BY_DOMAIN = {
+    "wiki.example.org": "wiki",
+    "news.example.gov.cn": "news",
+    "paper.example.com.cn": "news",
+    "forum.example.com": "forum",
+    "bbs.example.cn": "forum",
+    "books.example.net": "books",
+    "docs.example.dev": "code",
+}
+
 
 @dataclass
 class Doc:
