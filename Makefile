@@ -9,7 +9,7 @@ PIPELINE ?= manifests/demo.yaml
 SAMPLE := data/sample
 export CURATE_NO_PROGRESS ?=
 
-.PHONY: setup demo test test-slow sample bench bench-extract eval-extract clean help \
+.PHONY: setup demo test sample bench bench-extract eval-extract clean help \
         extract langid quality dedup pii mix
 
 help:
@@ -37,9 +37,6 @@ extract langid quality dedup pii mix: setup lmplz sample
 
 test: setup lmplz
 	$(PY) -m pytest -q
-
-test-slow: setup lmplz
-	$(PY) -m pytest -q -m slow
 
 bench: bench-extract bench-quality bench-dedup bench-pii bench-mix
 
