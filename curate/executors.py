@@ -124,12 +124,12 @@ class RayExecutor(Executor):
         hosts = self._ensure_hosts(min(self.workers, len(tasks)))
         self._calls += 1
         key = (worker_cls.__module__, worker_cls.__qualname__, self._calls)
-        ray.get([h.setup.remote(worker_cls, init_args, key) for h in hosts])
         queue = list(enumerate(tasks))
         queue.reverse()
         idle = list(hosts)
         pending: dict[Any, tuple[int, Any]] = {}
         try:
+            ray.get([h.setup.remote(worker_cls, init_args, key) for h in hosts])
             with _progress() as prog:
                 t = prog.add_task(desc or worker_cls.__name__, total=len(tasks))
                 while queue or pending:
@@ -145,7 +145,7 @@ class RayExecutor(Executor):
                         prog.advance(t)
                         yield i, result
         except BaseException:
-            # A failed or abandoned map leaves tasks running: do not reuse those processes.
+            # A failed setup, a failed task or an abandoned map: do not reuse those processes.
             self.close()
             raise
 

@@ -58,3 +58,23 @@ class _Fails:
         if task == 3:
             raise ValueError(f"task {task} failed")
         return task
+
+
+class _BadInit:
+    def __init__(self):
+        raise RuntimeError("model file missing")
+
+    def __call__(self, task):
+        return task
+
+
+def test_worker_setup_error_surfaces_and_executor_recovers():
+    from curate.executors import get_executor
+
+    ex = get_executor("ray", 2)
+    try:
+        with pytest.raises(Exception, match="model file missing"):
+            list(ex.map(_BadInit, (), [1, 2, 3]))
+        assert sorted(r for _, r in ex.map(_Fails, (), [0, 1, 2])) == [0, 1, 2]
+    finally:
+        ex.close()
