@@ -61,6 +61,9 @@ from datetime import date, datetime, timedelta, timezone
 from email.utils import format_datetime
 from pathlib import Path
 
+from stdnum import iban as stdnum_iban
+from stdnum import luhn
+from stdnum.cn import ric
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
@@ -589,24 +592,6 @@ def _render_main(doc: Doc, c: dict, rng: random.Random) -> str:
 # ---------------------------------------------------------------------------------------------
 # PII values (valid checksums) and decoys (look alike, fail validation or are not PII).
 
-def _luhn_ok(digits: str) -> bool:
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = int(ch) * (2 if i % 2 else 1)
-        total += d - 9 if d > 9 else d
-    return total % 10 == 0
-
-
-def _iban_check(country: str, bban: str) -> str:
-    num = "".join(str(int(ch, 36)) for ch in bban + country + "00")
-    return f"{98 - int(num) % 97:02d}"
-
-
-def _cn_id_check(first17: str) -> str:
-    weights = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
-    return "10X98765432"[sum(int(d) * w for d, w in zip(first17, weights)) % 11]
-
-
 class _PII:
     """Planted PII values and decoys, drawn from one seeded RNG (and seeded mimesis providers)."""
 
@@ -657,7 +642,7 @@ class _PII:
         digits = lambda n: "".join(self.rng.choice(string.digits) for _ in range(n))  # noqa: E731
         letters = lambda n: "".join(self.rng.choice(string.ascii_uppercase) for _ in range(n))  # noqa: E731
         bban = {"DE": lambda: digits(18), "GB": lambda: letters(4) + digits(14), "NL": lambda: letters(4) + digits(10)}[cc]()
-        raw = cc + _iban_check(cc, bban) + bban
+        raw = cc + stdnum_iban.calc_check_digits(cc + "00" + bban) + bban
         return " ".join(raw[i:i + 4] for i in range(0, len(raw), 4)) if self.rng.random() < 0.6 else raw
 
     def ssn(self) -> str:
@@ -667,7 +652,7 @@ class _PII:
     def cn_id(self) -> str:
         born = date(1950, 1, 1) + timedelta(days=self.rng.randint(0, 20000))
         first = self.rng.choice(CN_AREAS) + born.strftime("%Y%m%d") + f"{self.rng.randint(0, 999):03d}"
-        return first + _cn_id_check(first)
+        return first + ric.calc_check_digit(first + "0")  # stdnum ignores the last character
 
     def aws_key(self) -> str:
         return "AKIA" + "".join(self.rng.choice(string.ascii_uppercase + "234567") for _ in range(16))
@@ -686,7 +671,7 @@ class _PII:
             body = "978" + "".join(self.rng.choice(string.digits) for _ in range(9))
             check = (10 - sum(int(d) * (1 if i % 2 == 0 else 3) for i, d in enumerate(body)) % 10) % 10
             full = body + str(check)
-            if not _luhn_ok(full):
+            if not luhn.is_valid(full):
                 return f"{full[:3]}-{full[3]}-{full[4:8]}-{full[8:12]}-{full[12]}"
 
     def day(self) -> str:
@@ -699,7 +684,7 @@ class _PII:
     def bad_card(self) -> str:
         while True:
             num = "4" + "".join(self.rng.choice(string.digits) for _ in range(15))
-            if not _luhn_ok(num):
+            if not luhn.is_valid(num):
                 return " ".join(num[i:i + 4] for i in range(0, 16, 4))
 
     def bad_iban(self) -> str:
