@@ -409,16 +409,25 @@ def prepare_tokenizer(mix: MixtureSpec, shards: list[Path], out_dir: Path) -> st
 # ----------------------------------------------------------------------------- phase 3 helpers
 
 
-class TokenWriter:
-    """Appends tokens to ``<prefix>-NNNNN.bin.tmp`` files of at most ``shard_tokens`` tokens each."""
+DOCS_DTYPE = np.dtype([("off", "<i8"), ("len", "<i8"), ("src", "<i2")])
 
-    def __init__(self, out_dir: Path, prefix: str, dtype: np.dtype, shard_tokens: int):
+
+class TokenWriter:
+    """Appends tokens to ``<prefix>-NNNNN.bin.tmp`` files of at most ``shard_tokens`` tokens each.
+
+    With ``doc_sidecar`` every file gets ``<prefix>-NNNNN.docs.npy`` beside it: one
+    :data:`DOCS_DTYPE` row (offset and length in the file's tokens, source index) per document,
+    in file order; a document that crosses a file boundary has a row in each file.
+    """
+
+    def __init__(self, out_dir: Path, prefix: str, dtype: np.dtype, shard_tokens: int, doc_sidecar: bool = False):
         self.out_dir, self.prefix, self.dtype, self.cap = out_dir, prefix, dtype, shard_tokens
         self.files: list[dict] = []
         self._f = None
         self._h = None
         self._n = 0
         self.tokens = 0
+        self._docs: list[np.ndarray] | None = [] if doc_sidecar else None
 
     def _open(self) -> None:
         name = f"{self.prefix}-{len(self.files):05d}.bin"
@@ -436,8 +445,17 @@ class TokenWriter:
             self.files[-1]["sha256"] = self._h.hexdigest()
             self._f = None
 
-    def write(self, arr: np.ndarray) -> None:
+    def write(self, arr: np.ndarray, lengths: np.ndarray | None = None, src: np.ndarray | None = None) -> None:
+        """Append ``arr``; with a sidecar, ``lengths`` and ``src`` give its documents in order."""
         arr = np.ascontiguousarray(arr, dtype=self.dtype)
+        if self._docs is not None:
+            if lengths is None or src is None or int(np.sum(lengths)) != len(arr):
+                raise ValueError("a writer with a document sidecar needs the lengths and sources of what it writes")
+            rec = np.zeros(len(lengths), DOCS_DTYPE)
+            rec["len"] = lengths
+            rec["off"] = self.tokens + np.cumsum(lengths) - lengths  # offset in this writer's whole stream
+            rec["src"] = src
+            self._docs.append(rec)
         pos = 0
         while pos < len(arr):
             if self._f is None or self._n >= self.cap:
@@ -456,7 +474,22 @@ class TokenWriter:
         self._close()
         for f in self.files:
             os.replace(self.out_dir / (f["path"] + ".tmp"), self.out_dir / f["path"])
+        if self._docs is not None:
+            self._write_sidecars()
         return self.files
+
+    def _write_sidecars(self) -> None:
+        docs = np.concatenate(self._docs) if self._docs else np.zeros(0, DOCS_DTYPE)
+        start, end = docs["off"], docs["off"] + docs["len"]
+        for k, f in enumerate(self.files):
+            a, b = k * self.cap, k * self.cap + f["tokens"]  # every file but the last holds ``cap`` tokens
+            sel = docs[(end > a) & (start < b)].copy()
+            lo, hi = np.maximum(sel["off"], a), np.minimum(sel["off"] + sel["len"], b)
+            sel["off"], sel["len"] = lo - a, hi - lo
+            name = f["path"][: -len(".bin")] + ".docs.npy"
+            blob = _npy_bytes(sel)
+            atomic_write_bytes(self.out_dir / name, blob)
+            f["docs"], f["docs_sha256"] = name, hashlib.sha256(blob).hexdigest()
 
 
 def gather_docs(tokens: np.ndarray, off: np.ndarray, emit: np.ndarray, eos: int) -> np.ndarray:
@@ -618,6 +651,12 @@ class MixStage(GlobalStage):
             "budget_tokens": mplan.budget,
             "budget_request": mix.budget_tokens,
             "train": {"tokens": packed["train"].tokens, "files": packed["train"].files},
+            "train_docs": {
+                "about": "train-NNNNN.docs.npy beside each train file: one row per document (a document "
+                "crossing a file boundary has a row in each file); src indexes `sources`",
+                "fields": {"off": "<i8", "len": "<i8", "src": "<i2"},
+                "sources": names,
+            },
             "val": {
                 "tokens": sum(w.tokens for w in packed["val"].values()),
                 "files": [dict(f, source=n) for n, w in packed["val"].items() for f in w.files],
@@ -812,7 +851,7 @@ def _pack(work: Path, n_shards: int, mix: MixtureSpec, mplan: MixPlan, cuts: dic
     P = mplan.max_passes
     full = np.array([sp.full_epochs for sp in mplan.sources], dtype=np.int64)
     names = [sp.name for sp in mplan.sources]
-    train_w = TokenWriter(out, "train", dtype, mix.shard_tokens)
+    train_w = TokenWriter(out, "train", dtype, mix.shard_tokens, doc_sidecar=True)
     val_w = {n: TokenWriter(out, f"val-{n}", dtype, mix.shard_tokens) for n in names}
     train_tokens = np.zeros(n_src, dtype=np.int64)
     copies = np.zeros(n_src, dtype=np.int64)
@@ -844,7 +883,7 @@ def _pack(work: Path, n_shards: int, mix: MixtureSpec, mplan: MixPlan, cuts: dic
                     emit[k] = cuts[int(src[k])]["trunc"]
             sel = np.flatnonzero(emit > 0)
             if len(sel):
-                train_w.write(gather_docs(tokens, d["off"][sel], emit[sel], eos))
+                train_w.write(gather_docs(tokens, d["off"][sel], emit[sel], eos), emit[sel], src[sel])
                 train_tokens += np.bincount(src[sel], weights=emit[sel], minlength=n_src).astype(np.int64)
                 copies += np.bincount(src[sel], minlength=n_src)
             if p == 0:
