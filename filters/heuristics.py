@@ -1,10 +1,13 @@
-"""Heuristic quality signals: Gopher quality and repetition, C4 and FineWeb line rules.
+"""Heuristic quality signals and the built-in rules: Gopher quality and repetition, C4 and FineWeb.
 
-Pure text logic. :func:`compute_signals` turns one document into a flat dict of numbers (one
-per signal, each becomes a column); :func:`failed_rules` compares them with thresholds and
-names every rule the document breaks, in a fixed order (repetition first, as in Gopher).
+Pure text logic. :class:`Doc` is one document with the analyses several rules share (words,
+lines, paragraphs, the n-gram index, C4's line flags), each computed once on first use; the
+rules below are registered with :func:`filters.rules.builtin` and each writes its signal
+column(s) and decides on them (see :mod:`filters.rules` for the protocol). Their order is
+the decision order: the first rule a document breaks is its reason (repetition first, as in
+Gopher).
 
-Sources of the rules and of the default thresholds (see ``stages/quality.py``):
+Sources of the rules and of the default thresholds:
 
 * Gopher (Rae et al. 2021, appendix A): word count, mean word length, symbol-to-word ratio,
   bullet and ellipsis line fractions, alphabetic-word fraction, stop words; repetition of
@@ -29,11 +32,16 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
+from typing import ClassVar
 
 import numpy as np
+import pyarrow as pa
 import xxhash
+
+from filters.rules import ThresholdRule, builtin
 
 # Han (with extensions and compatibility ideographs), kana, bopomofo and the iteration marks.
 CJK_CLASS = (
@@ -71,9 +79,6 @@ POLICY_MARKERS = (
 )
 C4_MIN_WORDS_PER_LINE = 3
 C4_MAX_WORD_CHARS = 1000
-
-TOP_NGRAMS = (2, 3, 4)
-DUP_NGRAMS = (5, 6, 7, 8, 9, 10)
 
 
 def tokens(text: str) -> list[str]:
@@ -117,6 +122,8 @@ class NgramIndex:
         self.cum = np.concatenate((np.zeros(1, np.int64), np.cumsum(self.lens)))
         self.total_chars = int(self.cum[-1])
         self._h = {1: np.fromiter(map(xxhash.xxh64_intdigest, map(str.encode, ws)), dtype=np.uint64, count=n)}
+        self._dup: dict[int, float] = {}
+        self._no_repeat_from = math.inf
 
     def hashes(self, n: int) -> np.ndarray:
         """Hash of the n-gram starting at each position (length ``N - n + 1``)."""
@@ -145,38 +152,31 @@ class NgramIndex:
         chars = (self.cum[starts + n] - self.cum[starts]).max()
         return float(top * chars / self.total_chars)
 
-    def dup_fractions(self, ns: Iterable[int]) -> dict[int, float]:
-        """For each ``n``: characters of the words covered by an ``n``-gram seen more than once,
-        over all word characters (a word counts once however many such n-grams cover it).
-        When no ``n``-gram repeats, no longer one does either."""
-        out: dict[int, float] = {}
-        none_left = False
-        for n in sorted(ns):
-            if none_left or self.n < n or self.total_chars == 0:
-                out[n] = 0.0
-                continue
+    def dup_fraction(self, n: int) -> float:
+        """Characters of the words covered by an ``n``-gram seen more than once, over all word
+        characters (a word counts once however many such n-grams cover it).
+
+        When no ``m``-gram repeats, no longer one does either: once a size without repeats
+        has been seen, longer sizes are 0 without hashing.
+        """
+        if n in self._dup:
+            return self._dup[n]
+        if self.n < n or self.total_chars == 0 or n > self._no_repeat_from:
+            out = 0.0
+        else:
             _, inverse, counts = np.unique(self.hashes(n), return_inverse=True, return_counts=True)
             dup_starts = np.flatnonzero(counts[inverse] > 1)
             if dup_starts.size == 0:
-                out[n] = 0.0
-                none_left = True
-                continue
-            edges = np.zeros(self.n + 1, np.int64)
-            np.add.at(edges, dup_starts, 1)
-            np.add.at(edges, dup_starts + n, -1)
-            covered = np.cumsum(edges[:-1]) > 0
-            out[n] = float(self.lens[covered].sum() / self.total_chars)
+                out = 0.0
+                self._no_repeat_from = min(self._no_repeat_from, n)
+            else:
+                edges = np.zeros(self.n + 1, np.int64)
+                np.add.at(edges, dup_starts, 1)
+                np.add.at(edges, dup_starts + n, -1)
+                covered = np.cumsum(edges[:-1]) > 0
+                out = float(self.lens[covered].sum() / self.total_chars)
+        self._dup[n] = out
         return out
-
-
-def top_ngram_char_fraction(ws: list[str], n: int) -> float:
-    """Characters in the most frequent ``n``-gram of ``ws`` (all occurrences) / word characters."""
-    return NgramIndex(ws).top_fraction(n)
-
-
-def dup_ngram_char_fractions(ws: list[str], ns: Iterable[int]) -> dict[int, float]:
-    """Share of word characters covered by repeated ``n``-grams, for each ``n`` in ``ns``."""
-    return NgramIndex(ws).dup_fractions(ns)
 
 
 @dataclass(frozen=True)
@@ -205,20 +205,14 @@ class StopWords:
         return len(self._pattern.findall(text.lower()))
 
 
-def compute_signals(
-    text: str,
-    stop_words: StopWords | None = None,
-    cjk_mode_min_frac: float = 0.5,
-    cjk_chars_per_word: float = 2.0,
-    short_line_chars: int = 30,
-    short_line_chars_cjk: int = 15,
-) -> dict[str, float | int | bool | None]:
-    """All heuristic signals of one document.
+class Doc:
+    """One document as the quality rules see it: its text and language, and the analyses that
+    several rules share (words, lines, paragraphs, the n-gram index, C4's line flags), each
+    computed once, on first use.
 
     Args:
         text: the document text.
-        stop_words: stop words of the document's language, or None when there is no list
-            (then ``gopher_stop_words`` is None and the stop-word rule does not apply).
+        lang: its language code, or None.
         cjk_mode_min_frac: share of words that are CJK characters from which the document is
             in CJK mode.
         cjk_chars_per_word: characters that stand for one word in CJK mode: the word count
@@ -226,161 +220,418 @@ def compute_signals(
             character n-grams this many times longer (a Chinese word has about two
             characters; with single characters a 5-gram is one or two names, and natural
             news text repeats those).
-        short_line_chars: FineWeb's short-line length (characters).
-        short_line_chars_cjk: the short-line length of CJK-mode documents.
-
-    Returns:
-        ``{signal name: value}``; ``gopher_mean_word_len`` is None in CJK mode.
-    """
-    ws = words(text)
-    n_tokens = len(ws)
-    n_cjk = len(CJK_CHAR.findall(text))
-    cjk = n_tokens > 0 and n_cjk / n_tokens >= cjk_mode_min_frac
-    if cjk:
-        n_words = round(n_tokens - n_cjk + n_cjk / cjk_chars_per_word)
-        scale = cjk_chars_per_word
-    else:
-        n_words = n_tokens
-        scale = 1.0
-
-    raw_lines = _LINE_SPLIT.split(text)
-    lines = [ln.strip() for ln in text.split("\n")]
-    lines = [ln for ln in lines if ln]
-    n_lines = len(lines)
-    paragraphs = _PARAGRAPH_SPLIT.split(text.strip())
-    text_chars = len(text)
-
-    s: dict[str, float | int | bool | None] = {"quality_cjk": cjk}
-    grams = NgramIndex(ws)
-    word_chars = grams.total_chars
-
-    # Gopher repetition (n-gram sizes in tokens; in CJK mode, scaled to characters).
-    dl, dl_chars = _duplicates(raw_lines)
-    dp, dp_chars = _duplicates(paragraphs)
-    s["gopher_dup_lines"] = dl / len(raw_lines) if raw_lines else 0.0
-    s["gopher_dup_paras"] = dp / len(paragraphs) if paragraphs else 0.0
-    s["gopher_dup_line_chars"] = dl_chars / text_chars if text_chars else 0.0
-    s["gopher_dup_para_chars"] = dp_chars / text_chars if text_chars else 0.0
-    for n in TOP_NGRAMS:
-        s[f"gopher_top_{n}gram"] = grams.top_fraction(math.ceil(n * scale))
-    sized = {n: math.ceil(n * scale) for n in DUP_NGRAMS}
-    fracs = grams.dup_fractions(set(sized.values()))
-    for n in DUP_NGRAMS:
-        s[f"gopher_dup_{n}gram"] = fracs[sized[n]]
-
-    # Gopher quality.
-    s["gopher_words"] = n_words
-    if cjk:
-        s["gopher_mean_word_len"] = None
-    else:
-        s["gopher_mean_word_len"] = word_chars / n_words if n_words else 0.0
-    symbols = text.count("#") + text.count("...") + text.count("…")
-    s["gopher_symbol_ratio"] = symbols / n_words if n_words else (1.0 if symbols else 0.0)
-    s["gopher_bullet_lines"] = sum(ln.startswith(BULLETS) for ln in lines) / n_lines if n_lines else 0.0
-    s["gopher_ellipsis_lines"] = sum(ln.endswith(ELLIPSES) for ln in lines) / n_lines if n_lines else 0.0
-    has_alpha = _HAS_ALPHA.search
-    s["gopher_alpha_words"] = sum(1 for w in ws if w.isalpha() or has_alpha(w)) / n_tokens if n_tokens else 0.0
-    s["gopher_stop_words"] = stop_words.count(text) if stop_words is not None else None
-
-    # C4 line rules (fractions of non-empty lines) and the sentences C4 would keep.
-    low_lines = [ln.lower() for ln in lines]
-    terminal = [ln.endswith(TERMINAL) for ln in lines]
-    js = ["javascript" in ln for ln in low_lines]
-    policy = [any(m in ln for m in POLICY_MARKERS) for ln in low_lines]
-    kept = []
-    for ln, t, j, p in zip(lines, terminal, js, policy):
-        if not t or j or p:
-            continue
-        lw = tokens(ln)
-        if len(lw) < C4_MIN_WORDS_PER_LINE or max(map(len, lw)) > C4_MAX_WORD_CHARS:
-            continue
-        kept.append(ln)
-    low_text = text.lower()
-    s["c4_lorem_ipsum"] = "lorem ipsum" in low_text
-    s["c4_curly_brace"] = "{" in text
-    s["c4_javascript_lines"] = sum(js) / n_lines if n_lines else 0.0
-    s["c4_policy_lines"] = sum(policy) / n_lines if n_lines else 0.0
-    s["c4_no_punct_lines"] = (n_lines - sum(terminal)) / n_lines if n_lines else 0.0
-    s["c4_sentences"] = sum(len(_SENTENCE_END.findall(ln)) for ln in kept)
-
-    # FineWeb.
-    short = short_line_chars_cjk if cjk else short_line_chars
-    s["fineweb_line_punct"] = sum(terminal) / n_lines if n_lines else 0.0
-    s["fineweb_short_lines"] = sum(len(ln) <= short for ln in lines) / n_lines if n_lines else 0.0
-    _, fl_chars = _duplicates(lines)
-    nonnl_chars = text_chars - text.count("\n")
-    s["fineweb_dup_line_chars"] = fl_chars / nonnl_chars if nonnl_chars else 0.0
-    s["fineweb_newlines"] = text.count("\n") / n_words if n_words else 0.0
-    return s
-
-
-@dataclass(frozen=True)
-class Rule:
-    """A threshold rule: the document fails when ``signal <op> threshold``.
-
-    ``op`` is ``"<"`` (minimum), ``">"`` (maximum), ``"true"`` (reject when the boolean
-    signal is true and the threshold is true) or ``"outside"`` (threshold is ``(lo, hi)``).
     """
 
-    name: str
-    signal: str
-    op: str
+    def __init__(self, text: str, lang: str | None = None, cjk_mode_min_frac: float = 0.5,
+                 cjk_chars_per_word: float = 2.0):
+        self.text = text
+        self.lang = lang
+        self.cjk_mode_min_frac = cjk_mode_min_frac
+        self.cjk_chars_per_word = cjk_chars_per_word
+
+    @cached_property
+    def words(self) -> list[str]:
+        return words(self.text)
+
+    @cached_property
+    def n_cjk(self) -> int:
+        return len(CJK_CHAR.findall(self.text))
+
+    @cached_property
+    def cjk(self) -> bool:
+        """Whether the document is judged in CJK mode."""
+        n_tokens = len(self.words)
+        return n_tokens > 0 and self.n_cjk / n_tokens >= self.cjk_mode_min_frac
+
+    @cached_property
+    def n_words(self) -> int:
+        """Word count; in CJK mode CJK characters count ``1 / cjk_chars_per_word`` each."""
+        if self.cjk:
+            return round(len(self.words) - self.n_cjk + self.n_cjk / self.cjk_chars_per_word)
+        return len(self.words)
+
+    @cached_property
+    def scale(self) -> float:
+        """Length factor of the Gopher n-gram sizes (``cjk_chars_per_word`` in CJK mode)."""
+        return self.cjk_chars_per_word if self.cjk else 1.0
+
+    @cached_property
+    def grams(self) -> NgramIndex:
+        return NgramIndex(self.words)
+
+    def top_ngram(self, n: int) -> float:
+        """Gopher's top ``n``-gram character share (n scaled in CJK mode)."""
+        return self.grams.top_fraction(math.ceil(n * self.scale))
+
+    def dup_ngram(self, n: int) -> float:
+        """Gopher's duplicated ``n``-gram character share (n scaled in CJK mode)."""
+        return self.grams.dup_fraction(math.ceil(n * self.scale))
+
+    @cached_property
+    def raw_lines(self) -> list[str]:
+        """The text split at runs of newlines (Gopher's lines)."""
+        return _LINE_SPLIT.split(self.text)
+
+    @cached_property
+    def paragraphs(self) -> list[str]:
+        return _PARAGRAPH_SPLIT.split(self.text.strip())
+
+    @cached_property
+    def dup_raw_lines(self) -> tuple[int, int]:
+        """(lines equal to an earlier line, their characters)."""
+        return _duplicates(self.raw_lines)
+
+    @cached_property
+    def dup_paragraphs(self) -> tuple[int, int]:
+        return _duplicates(self.paragraphs)
+
+    @cached_property
+    def lines(self) -> list[str]:
+        """Non-empty lines, stripped (C4's and FineWeb's lines)."""
+        return [ln for ln in (ln.strip() for ln in self.text.split("\n")) if ln]
+
+    @cached_property
+    def terminal(self) -> list[bool]:
+        """Per line: ends with terminal punctuation."""
+        return [ln.endswith(TERMINAL) for ln in self.lines]
+
+    @cached_property
+    def javascript(self) -> list[bool]:
+        """Per line: mentions "javascript" (C4)."""
+        return ["javascript" in ln.lower() for ln in self.lines]
+
+    @cached_property
+    def policy(self) -> list[bool]:
+        """Per line: a cookie / terms / privacy notice (C4)."""
+        return [any(m in ln for m in POLICY_MARKERS) for ln in map(str.lower, self.lines)]
+
+    def line_share(self, flags: Iterable[bool]) -> float:
+        """Share of :attr:`lines` with a true flag (0.0 without lines)."""
+        return sum(flags) / len(self.lines) if self.lines else 0.0
 
 
-# Order matters: the first failed rule is a rejected document's reason. Rule names say the
-# direction of the threshold (min_/max_); the reason code is ``quality.<rule name>``.
-RULES: tuple[Rule, ...] = (
-    Rule("gopher_max_dup_lines", "gopher_dup_lines", ">"),
-    Rule("gopher_max_dup_paras", "gopher_dup_paras", ">"),
-    Rule("gopher_max_dup_line_chars", "gopher_dup_line_chars", ">"),
-    Rule("gopher_max_dup_para_chars", "gopher_dup_para_chars", ">"),
-    *(Rule(f"gopher_max_top_{n}gram", f"gopher_top_{n}gram", ">") for n in TOP_NGRAMS),
-    *(Rule(f"gopher_max_dup_{n}gram", f"gopher_dup_{n}gram", ">") for n in DUP_NGRAMS),
-    Rule("gopher_min_words", "gopher_words", "<"),
-    Rule("gopher_max_words", "gopher_words", ">"),
-    Rule("gopher_mean_word_len", "gopher_mean_word_len", "outside"),
-    Rule("gopher_max_symbol_ratio", "gopher_symbol_ratio", ">"),
-    Rule("gopher_max_bullet_lines", "gopher_bullet_lines", ">"),
-    Rule("gopher_max_ellipsis_lines", "gopher_ellipsis_lines", ">"),
-    Rule("gopher_min_alpha_words", "gopher_alpha_words", "<"),
-    Rule("gopher_min_stop_words", "gopher_stop_words", "<"),
-    Rule("c4_lorem_ipsum", "c4_lorem_ipsum", "true"),
-    Rule("c4_curly_brace", "c4_curly_brace", "true"),
-    Rule("c4_max_javascript_lines", "c4_javascript_lines", ">"),
-    Rule("c4_max_policy_lines", "c4_policy_lines", ">"),
-    Rule("c4_max_no_punct_lines", "c4_no_punct_lines", ">"),
-    Rule("c4_min_sentences", "c4_sentences", "<"),
-    Rule("fineweb_min_line_punct", "fineweb_line_punct", "<"),
-    Rule("fineweb_max_short_lines", "fineweb_short_lines", ">"),
-    Rule("fineweb_max_dup_line_chars", "fineweb_dup_line_chars", ">"),
-    Rule("fineweb_max_newlines", "fineweb_newlines", ">"),
-)
-RULE_NAMES = tuple(r.name for r in RULES)
+F32, I32, BOOL = pa.float32(), pa.int32(), pa.bool_()
 
 
-def failed_rules(signals: Mapping[str, object], thresholds: Mapping[str, object]) -> list[str]:
-    """Names of the rules ``signals`` break, in :data:`RULES` order.
+# --- Gopher repetition (Rae et al. 2021, table A1). The first rule a document breaks is its
+# reason, so these come first, as in Gopher.
+@builtin
+class GopherMaxDupLines(ThresholdRule):
+    code = "gopher_max_dup_lines"
+    meaning = "share of lines equal to an earlier line above gopher_max_dup_lines (Gopher)"
+    params = {code: (float | None, 0.30)}
+    signals = {"gopher_dup_lines": F32}
 
-    ``thresholds`` maps rule name -> threshold; a rule whose threshold is missing or None is
-    off, and a signal that is None (not applicable) passes.
-    """
-    failed = []
-    for rule in RULES:
-        thr = thresholds.get(rule.name)
-        if thr is None or thr is False:
-            continue
-        v = signals.get(rule.signal)
-        if v is None:
-            continue
-        if rule.op == "<":
-            bad = v < thr  # type: ignore[operator]
-        elif rule.op == ">":
-            bad = v > thr  # type: ignore[operator]
-        elif rule.op == "true":
-            bad = bool(v)
-        else:
-            lo, hi = thr  # type: ignore[misc]
-            bad = v < lo or v > hi  # type: ignore[operator]
-        if bad:
-            failed.append(rule.name)
-    return failed
+    def score(self, d: Doc) -> dict:
+        return {"gopher_dup_lines": d.dup_raw_lines[0] / len(d.raw_lines) if d.raw_lines else 0.0}
+
+
+@builtin
+class GopherMaxDupParas(ThresholdRule):
+    code = "gopher_max_dup_paras"
+    meaning = "share of paragraphs equal to an earlier one above gopher_max_dup_paras (Gopher)"
+    params = {code: (float | None, 0.30)}
+    signals = {"gopher_dup_paras": F32}
+
+    def score(self, d: Doc) -> dict:
+        return {"gopher_dup_paras": d.dup_paragraphs[0] / len(d.paragraphs) if d.paragraphs else 0.0}
+
+
+@builtin
+class GopherMaxDupLineChars(ThresholdRule):
+    code = "gopher_max_dup_line_chars"
+    meaning = "share of characters in duplicated lines above gopher_max_dup_line_chars (Gopher)"
+    params = {code: (float | None, 0.20)}
+    signals = {"gopher_dup_line_chars": F32}
+
+    def score(self, d: Doc) -> dict:
+        return {"gopher_dup_line_chars": d.dup_raw_lines[1] / len(d.text) if d.text else 0.0}
+
+
+@builtin
+class GopherMaxDupParaChars(ThresholdRule):
+    code = "gopher_max_dup_para_chars"
+    meaning = "share of characters in duplicated paragraphs above gopher_max_dup_para_chars (Gopher)"
+    params = {code: (float | None, 0.20)}
+    signals = {"gopher_dup_para_chars": F32}
+
+    def score(self, d: Doc) -> dict:
+        return {"gopher_dup_para_chars": d.dup_paragraphs[1] / len(d.text) if d.text else 0.0}
+
+
+class _TopNgram(ThresholdRule):
+    n: ClassVar[int]
+
+    def score(self, d: Doc) -> dict:
+        return {self.signal: d.top_ngram(self.n)}
+
+
+class _DupNgram(ThresholdRule):
+    n: ClassVar[int]
+
+    def score(self, d: Doc) -> dict:
+        return {self.signal: d.dup_ngram(self.n)}
+
+
+# Gopher's n-gram thresholds: the most frequent 2-4-gram, and duplicated 5-10-grams.
+TOP_NGRAMS = {2: 0.20, 3: 0.18, 4: 0.16}
+DUP_NGRAMS = {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
+for _n, _t in TOP_NGRAMS.items():
+    builtin(type(f"GopherMaxTop{_n}gram", (_TopNgram,), {
+        "__module__": __name__, "n": _n, "code": f"gopher_max_top_{_n}gram",
+        "meaning": f"characters in the most frequent word {_n}-gram above gopher_max_top_{_n}gram "
+                   "of all word characters (Gopher)",
+        "params": {f"gopher_max_top_{_n}gram": (float | None, _t)},
+        "signals": {f"gopher_top_{_n}gram": F32},
+    }))
+for _n, _t in DUP_NGRAMS.items():
+    builtin(type(f"GopherMaxDup{_n}gram", (_DupNgram,), {
+        "__module__": __name__, "n": _n, "code": f"gopher_max_dup_{_n}gram",
+        "meaning": f"characters covered by repeated word {_n}-grams above gopher_max_dup_{_n}gram "
+                   "of all word characters (Gopher)",
+        "params": {f"gopher_max_dup_{_n}gram": (float | None, _t)},
+        "signals": {f"gopher_dup_{_n}gram": F32},
+    }))
+del _n, _t
+
+
+# --- Gopher quality.
+@builtin
+class GopherMinWords(ThresholdRule):
+    code = "gopher_min_words"
+    meaning = "fewer words than gopher_min_words (Gopher; CJK characters estimate words)"
+    params = {code: (int | None, 50)}
+    signals = {"gopher_words": I32}
+    op = "<"
+
+    def score(self, d: Doc) -> dict:
+        return {"gopher_words": d.n_words}
+
+
+@builtin
+class GopherMaxWords(ThresholdRule):
+    code = "gopher_max_words"
+    meaning = "more words than gopher_max_words (Gopher)"
+    params = {code: (int | None, 100_000)}
+    signal = "gopher_words"
+
+
+@builtin
+class GopherMeanWordLen(ThresholdRule):
+    code = "gopher_mean_word_len"
+    meaning = "mean word length outside the gopher_mean_word_len range (Gopher; not in CJK mode)"
+    params = {code: (tuple[float, float] | None, (3.0, 10.0))}
+    signals = {"gopher_mean_word_len": F32}
+    op = "outside"
+
+    def score(self, d: Doc) -> dict:
+        if d.cjk:
+            return {"gopher_mean_word_len": None}
+        return {"gopher_mean_word_len": d.grams.total_chars / d.n_words if d.n_words else 0.0}
+
+
+@builtin
+class GopherMaxSymbolRatio(ThresholdRule):
+    code = "gopher_max_symbol_ratio"
+    meaning = "'#' and ellipses per word above gopher_max_symbol_ratio (Gopher)"
+    params = {code: (float | None, 0.10)}
+    signals = {"gopher_symbol_ratio": F32}
+
+    def score(self, d: Doc) -> dict:
+        t = d.text
+        symbols = t.count("#") + t.count("...") + t.count("…")
+        return {"gopher_symbol_ratio": symbols / d.n_words if d.n_words else (1.0 if symbols else 0.0)}
+
+
+@builtin
+class GopherMaxBulletLines(ThresholdRule):
+    code = "gopher_max_bullet_lines"
+    meaning = "share of lines starting with a bullet above gopher_max_bullet_lines (Gopher)"
+    params = {code: (float | None, 0.90)}
+    signals = {"gopher_bullet_lines": F32}
+
+    def score(self, d: Doc) -> dict:
+        return {"gopher_bullet_lines": d.line_share(ln.startswith(BULLETS) for ln in d.lines)}
+
+
+@builtin
+class GopherMaxEllipsisLines(ThresholdRule):
+    code = "gopher_max_ellipsis_lines"
+    meaning = "share of lines ending with an ellipsis above gopher_max_ellipsis_lines (Gopher)"
+    params = {code: (float | None, 0.30)}
+    signals = {"gopher_ellipsis_lines": F32}
+
+    def score(self, d: Doc) -> dict:
+        return {"gopher_ellipsis_lines": d.line_share(ln.endswith(ELLIPSES) for ln in d.lines)}
+
+
+@builtin
+class GopherMinAlphaWords(ThresholdRule):
+    code = "gopher_min_alpha_words"
+    meaning = "share of words with a letter below gopher_min_alpha_words (Gopher)"
+    params = {code: (float | None, 0.80)}
+    signals = {"gopher_alpha_words": F32}
+    op = "<"
+
+    def score(self, d: Doc) -> dict:
+        ws, has_alpha = d.words, _HAS_ALPHA.search
+        return {"gopher_alpha_words": sum(1 for w in ws if w.isalpha() or has_alpha(w)) / len(ws) if ws else 0.0}
+
+
+# Gopher's English stop words; one-character function words for Chinese and Japanese.
+DEFAULT_STOP_WORDS: dict[str, list[str]] = {
+    "en": ["the", "be", "to", "of", "and", "that", "have", "with"],
+    "zh": ["的", "是", "在", "了", "和", "有", "不", "这"],
+    "ja": ["の", "に", "は", "を", "た", "が", "で", "て"],
+}
+
+
+@builtin
+class GopherMinStopWords(ThresholdRule):
+    """``stop_words`` maps a language code to its stop words (single characters for CJK
+    languages); a document in a language without a list has no stop-word signal."""
+
+    code = "gopher_min_stop_words"
+    meaning = "fewer stop-word occurrences than gopher_min_stop_words (Gopher; languages with a list)"
+    params = {code: (int | None, 2), "stop_words": (dict[str, list[str]], DEFAULT_STOP_WORDS)}
+    signals = {"gopher_stop_words": I32}
+    op = "<"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.lists = {lang: StopWords.of(ws) for lang, ws in config.stop_words.items()}
+
+    def score(self, d: Doc) -> dict:
+        sw = self.lists.get(d.lang or "")
+        return {"gopher_stop_words": sw.count(d.text) if sw is not None else None}
+
+
+# --- C4 (Raffel et al. 2020). The page is not rewritten: C4's line removals are reported as
+# line shares (doc-level limits, off by default) and the sentences that would be left.
+@builtin
+class C4LoremIpsum(ThresholdRule):
+    code = "c4_lorem_ipsum"
+    meaning = "the page contains 'lorem ipsum' (C4)"
+    params = {code: (bool, True)}
+    signals = {"c4_lorem_ipsum": BOOL}
+    op = "true"
+
+    def score(self, d: Doc) -> dict:
+        return {"c4_lorem_ipsum": "lorem ipsum" in d.text.lower()}
+
+
+@builtin
+class C4CurlyBrace(ThresholdRule):
+    code = "c4_curly_brace"
+    meaning = "the page contains a curly brace '{' (C4)"
+    params = {code: (bool, True)}
+    signals = {"c4_curly_brace": BOOL}
+    op = "true"
+
+    def score(self, d: Doc) -> dict:
+        return {"c4_curly_brace": "{" in d.text}
+
+
+@builtin
+class C4MaxJavascriptLines(ThresholdRule):
+    code = "c4_max_javascript_lines"
+    meaning = "share of lines mentioning javascript above c4_max_javascript_lines (C4 drops such lines)"
+    params = {code: (float | None, None)}
+    signals = {"c4_javascript_lines": F32}
+
+    def score(self, d: Doc) -> dict:
+        return {"c4_javascript_lines": d.line_share(d.javascript)}
+
+
+@builtin
+class C4MaxPolicyLines(ThresholdRule):
+    code = "c4_max_policy_lines"
+    meaning = "share of cookie/terms/privacy lines above c4_max_policy_lines (C4 drops such lines)"
+    params = {code: (float | None, None)}
+    signals = {"c4_policy_lines": F32}
+
+    def score(self, d: Doc) -> dict:
+        return {"c4_policy_lines": d.line_share(d.policy)}
+
+
+@builtin
+class C4MaxNoPunctLines(ThresholdRule):
+    code = "c4_max_no_punct_lines"
+    meaning = "share of lines without terminal punctuation above c4_max_no_punct_lines (C4 drops such lines)"
+    params = {code: (float | None, None)}
+    signals = {"c4_no_punct_lines": F32}
+
+    def score(self, d: Doc) -> dict:
+        return {"c4_no_punct_lines": d.line_share(not t for t in d.terminal)}
+
+
+@builtin
+class C4MinSentences(ThresholdRule):
+    code = "c4_min_sentences"
+    meaning = "fewer sentences than c4_min_sentences left after C4's line removal (C4)"
+    params = {code: (int | None, 5)}
+    signals = {"c4_sentences": I32}
+    op = "<"
+
+    def score(self, d: Doc) -> dict:
+        n = 0
+        for ln, t, j, p in zip(d.lines, d.terminal, d.javascript, d.policy):
+            if not t or j or p:
+                continue
+            lw = tokens(ln)
+            if len(lw) < C4_MIN_WORDS_PER_LINE or max(map(len, lw)) > C4_MAX_WORD_CHARS:
+                continue
+            n += len(_SENTENCE_END.findall(ln))
+        return {"c4_sentences": n}
+
+
+# --- FineWeb (Penedo et al. 2024).
+@builtin
+class FinewebMinLinePunct(ThresholdRule):
+    code = "fineweb_min_line_punct"
+    meaning = "share of lines ending in terminal punctuation below fineweb_min_line_punct (FineWeb)"
+    params = {code: (float | None, 0.12)}
+    signals = {"fineweb_line_punct": F32}
+    op = "<"
+
+    def score(self, d: Doc) -> dict:
+        return {"fineweb_line_punct": d.line_share(d.terminal)}
+
+
+@builtin
+class FinewebMaxShortLines(ThresholdRule):
+    """Short lines have at most ``short_line_chars`` characters (``short_line_chars_cjk`` in
+    CJK mode)."""
+
+    code = "fineweb_max_short_lines"
+    meaning = "share of short lines above fineweb_max_short_lines (FineWeb)"
+    params = {code: (float | None, 0.67), "short_line_chars": (int, 30), "short_line_chars_cjk": (int, 15)}
+    signals = {"fineweb_short_lines": F32}
+
+    def score(self, d: Doc) -> dict:
+        short = self.config.short_line_chars_cjk if d.cjk else self.config.short_line_chars
+        return {"fineweb_short_lines": d.line_share(len(ln) <= short for ln in d.lines)}
+
+
+@builtin
+class FinewebMaxDupLineChars(ThresholdRule):
+    code = "fineweb_max_dup_line_chars"
+    meaning = "share of characters in duplicated lines above fineweb_max_dup_line_chars (FineWeb)"
+    params = {code: (float | None, 0.01)}
+    signals = {"fineweb_dup_line_chars": F32}
+
+    def score(self, d: Doc) -> dict:
+        _, chars = _duplicates(d.lines)
+        nonnl = len(d.text) - d.text.count("\n")
+        return {"fineweb_dup_line_chars": chars / nonnl if nonnl else 0.0}
+
+
+@builtin
+class FinewebMaxNewlines(ThresholdRule):
+    code = "fineweb_max_newlines"
+    meaning = "newlines per word above fineweb_max_newlines (FineWeb)"
+    params = {code: (float | None, 0.30)}
+    signals = {"fineweb_newlines": F32}
+
+    def score(self, d: Doc) -> dict:
+        return {"fineweb_newlines": d.text.count("\n") / d.n_words if d.n_words else 0.0}

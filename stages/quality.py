@@ -1,9 +1,11 @@
 """quality: heuristic quality signals (Gopher, C4, FineWeb) as columns, and rules on them.
 
-Every signal of :func:`filters.heuristics.compute_signals` becomes a column of the kept and
-the rejected shards. Each rule has a threshold in the config (``None``/``false`` turns it off)
-and its own reason code ``quality.<rule>``; a rejected document's ``reason`` is the first rule
-it breaks (repetition rules first) and its ``detail`` lists every rule it breaks.
+Every rule (:mod:`filters.rules`) writes its signal column(s) into the kept and the rejected
+shards, whether it is on or not. Each built-in rule's threshold is a top-level config key
+(``None``/``false`` turns it off) and its reason code is ``quality.<rule>``; a user's rules
+are added by import path or entry-point name under ``rules``. A rejected document's
+``reason`` is the first rule it breaks (repetition rules first) and its ``detail`` lists every
+rule it breaks.
 
 Defaults are the published values: Gopher (Rae et al. 2021, appendix A), C4 (Raffel et al.
 2020) and FineWeb (Penedo et al. 2024). C4 *removes* lines without terminal punctuation, with
@@ -19,116 +21,73 @@ n-grams ``cjk_chars_per_word`` times longer, and the mean-word-length rule does 
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 import pyarrow as pa
+from pydantic import create_model, field_validator, model_serializer
+from pydantic_core import PydanticCustomError
 
 from curate.config import StageConfig
+from curate.errors import ConfigError
 from curate.schema import make_rejected
 from curate.stage import MapStage, ShardResult
-from filters import heuristics as H
-
-# Gopher's English stop words; one-character function words for Chinese and Japanese.
-DEFAULT_STOP_WORDS: dict[str, list[str]] = {
-    "en": ["the", "be", "to", "of", "and", "that", "have", "with"],
-    "zh": ["的", "是", "在", "了", "和", "有", "不", "这"],
-    "ja": ["の", "に", "は", "を", "た", "が", "で", "て"],
-}
-
-BOOL_SIGNALS = ("quality_cjk", "c4_lorem_ipsum", "c4_curly_brace")
-INT_SIGNALS = ("gopher_words", "gopher_stop_words", "c4_sentences")
+from filters import rules as R
+from filters.heuristics import Doc
 
 
-class QualityConfig(StageConfig):
-    """Thresholds of the quality stage (``None`` turns a rule off).
-
-    ``max_*`` rules reject a document whose signal is above the threshold, ``min_*`` rules
-    one whose signal is below it; ``gopher_mean_word_len`` is a ``[low, high]`` range.
+class QualityBase(StageConfig):
+    """The quality stage's own keys; :data:`QualityConfig` adds every built-in rule's parameters.
 
     Attributes:
-        gopher_max_dup_lines / gopher_max_dup_paras: share of lines / paragraphs equal to an
-            earlier one.
-        gopher_max_dup_line_chars / gopher_max_dup_para_chars: share of characters in them.
-        gopher_max_top_{2,3,4}gram: share of word characters in the most frequent n-gram.
-        gopher_max_dup_{5..10}gram: share of word characters covered by repeated n-grams.
-        gopher_min_words / gopher_max_words: word count (in CJK mode, estimated from characters).
-        gopher_mean_word_len: mean word length range (not applied in CJK mode).
-        gopher_max_symbol_ratio: ``#`` and ellipses per word.
-        gopher_max_bullet_lines / gopher_max_ellipsis_lines: share of lines starting with a
-            bullet / ending with an ellipsis.
-        gopher_min_alpha_words: share of words with a letter.
-        gopher_min_stop_words: stop-word occurrences (languages listed in ``stop_words``).
-        c4_lorem_ipsum / c4_curly_brace: reject pages containing "lorem ipsum" / "{".
-        c4_max_javascript_lines / c4_max_policy_lines / c4_max_no_punct_lines: doc-level
-            limits on the lines C4 would remove.
-        c4_min_sentences: sentences left after C4's line removal.
-        fineweb_min_line_punct: share of lines ending in terminal punctuation.
-        fineweb_max_short_lines: share of lines of at most ``short_line_chars`` characters
-            (``short_line_chars_cjk`` in CJK mode).
-        fineweb_max_dup_line_chars: share of characters in duplicated lines.
-        fineweb_max_newlines: newlines per word.
         cjk_mode_min_frac: share of words that are Han/kana characters from which a document
             is judged in CJK mode.
         cjk_chars_per_word: in CJK mode, CJK characters per word for the word count and the
             length factor of the Gopher n-gram rules (character n-grams).
-        stop_words: language code -> stop words (single characters for CJK languages).
         lang_column: the column with the language code (the langid stage's ``lang``).
         default_lang: language of documents when the column is absent or null.
-        exempt_sources: sources whose documents the rules never reject (signals are still written), e.g. code.
+        exempt_sources: sources whose documents the rules never reject (signals are still
+            written), e.g. code.
+        rules: a user's rules, ``{"package.module:Class" or entry-point name: {parameter:
+            value}}`` (``null`` or ``{}`` for the rule's defaults); they decide after the
+            built-in rules, in this order.
     """
 
-    gopher_max_dup_lines: float | None = 0.30
-    gopher_max_dup_paras: float | None = 0.30
-    gopher_max_dup_line_chars: float | None = 0.20
-    gopher_max_dup_para_chars: float | None = 0.20
-    gopher_max_top_2gram: float | None = 0.20
-    gopher_max_top_3gram: float | None = 0.18
-    gopher_max_top_4gram: float | None = 0.16
-    gopher_max_dup_5gram: float | None = 0.15
-    gopher_max_dup_6gram: float | None = 0.14
-    gopher_max_dup_7gram: float | None = 0.13
-    gopher_max_dup_8gram: float | None = 0.12
-    gopher_max_dup_9gram: float | None = 0.11
-    gopher_max_dup_10gram: float | None = 0.10
-    gopher_min_words: int | None = 50
-    gopher_max_words: int | None = 100_000
-    gopher_mean_word_len: tuple[float, float] | None = (3.0, 10.0)
-    gopher_max_symbol_ratio: float | None = 0.10
-    gopher_max_bullet_lines: float | None = 0.90
-    gopher_max_ellipsis_lines: float | None = 0.30
-    gopher_min_alpha_words: float | None = 0.80
-    gopher_min_stop_words: int | None = 2
-    c4_lorem_ipsum: bool = True
-    c4_curly_brace: bool = True
-    c4_max_javascript_lines: float | None = None
-    c4_max_policy_lines: float | None = None
-    c4_max_no_punct_lines: float | None = None
-    c4_min_sentences: int | None = 5
-    fineweb_min_line_punct: float | None = 0.12
-    fineweb_max_short_lines: float | None = 0.67
-    fineweb_max_dup_line_chars: float | None = 0.01
-    fineweb_max_newlines: float | None = 0.30
-    short_line_chars: int = 30
-    short_line_chars_cjk: int = 15
     cjk_mode_min_frac: float = 0.5
     cjk_chars_per_word: float = 2.0
-    stop_words: dict[str, list[str]] = DEFAULT_STOP_WORDS
     lang_column: str = "lang"
     default_lang: str | None = None
     exempt_sources: list[str] = []
+    rules: dict[str, dict[str, Any] | None] = {}
+
+    @field_validator("rules")
+    @classmethod
+    def _load_rules(cls, v: dict) -> dict:
+        try:
+            return R.check_plugins(v)
+        except ConfigError as e:
+            raise PydanticCustomError("quality_rule", "{msg}", {"msg": str(e)}) from None
+
+    @model_serializer(mode="wrap")
+    def _drop_empty_rules(self, handler):
+        # Without plugin rules the config dumps (and hashes) as it did before ``rules``
+        # existed, so finished runs stay resumable.
+        data = handler(self)
+        if not data.get("rules"):
+            data.pop("rules", None)
+        return data
 
 
-def signal_schema() -> list[pa.Field]:
-    """The signal columns, in the order compute_signals returns them."""
-    sample = H.compute_signals("")
-    fields = []
-    for name in sample:
-        if name in BOOL_SIGNALS:
-            fields.append(pa.field(name, pa.bool_()))
-        elif name in INT_SIGNALS:
-            fields.append(pa.field(name, pa.int32()))
-        else:
-            fields.append(pa.field(name, pa.float32()))
-    return fields
+def _config_doc() -> str:
+    lines = ["Config of the quality stage (unknown keys are errors).", "",
+             "Built-in rule parameters (``None``/``false`` turns a rule off):", ""]
+    for cls in R.builtin_rules():
+        lines.append(f"* ``{'``, ``'.join(cls.params)}``: quality.{cls.code}: {cls.meaning}")
+    return "\n".join(lines) + "\n\n" + (QualityBase.__doc__ or "")
+
+
+QualityConfig = create_model(
+    "QualityConfig", __base__=QualityBase, __module__=__name__, __doc__=_config_doc(), **R.config_fields()
+)
 
 
 class QualityStage(MapStage):
@@ -137,38 +96,52 @@ class QualityStage(MapStage):
     Config = QualityConfig
 
     def setup(self) -> None:
-        cfg: QualityConfig = self.config  # type: ignore[assignment]
-        self.thresholds = {r: getattr(cfg, r) for r in H.RULE_NAMES}
-        self.stop_words = {lang: H.StopWords.of(ws) for lang, ws in cfg.stop_words.items()}
-        self.fields = signal_schema()
+        self.rules = R.make_rules(self.config)
+        self.active = [r for r in self.rules if r.enabled]
+        self.fields = R.signal_fields(self.rules)
 
-    def score(self, texts: list[str | None], langs: list[str | None]) -> tuple[list[dict], list[list[str]]]:
-        """Signals and failed rules of each document."""
-        cfg: QualityConfig = self.config  # type: ignore[assignment]
+    def score(
+        self, texts: list[str | None], langs: list[str | None], ids: list[str] | None = None
+    ) -> tuple[list[dict], list[list[str]]]:
+        """Signals and the codes of the failed rules of each document."""
+        cfg = self.config
+        default_lang, frac, cpw = cfg.default_lang, cfg.cjk_mode_min_frac, cfg.cjk_chars_per_word
+        rules, active, n_fields = self.rules, self.active, len(self.fields)
         signals, failed = [], []
-        for text, lang in zip(texts, langs):
-            s = H.compute_signals(
-                text or "",
-                self.stop_words.get(lang or cfg.default_lang or ""),
-                cjk_mode_min_frac=cfg.cjk_mode_min_frac,
-                cjk_chars_per_word=cfg.cjk_chars_per_word,
-                short_line_chars=cfg.short_line_chars,
-                short_line_chars_cjk=cfg.short_line_chars_cjk,
-            )
+        for i, (text, lang) in enumerate(zip(texts, langs)):
+            doc = Doc(text or "", lang or default_lang, frac, cpw)
+            s = {"quality_cjk": doc.cjk}
+            rule = None
+            try:
+                for rule in rules:
+                    s.update(rule.score(doc))
+                if len(s) != n_fields:
+                    raise KeyError(f"signals {sorted(set(s) ^ {f.name for f in self.fields})} "
+                                   "returned or missing against the rules' declared signals")
+                bad = []
+                for rule in active:
+                    if not rule.keep(s):
+                        bad.append(rule.code)
+            except Exception as e:  # noqa: BLE001 (a rule's bug becomes one line naming rule and record)
+                rec = ids[i] if ids is not None else str(i)
+                name = f"{type(rule).__module__}:{type(rule).__qualname__}" if rule else "?"
+                raise R.RuleError(f"quality rule {name} failed on record {rec!r}: {type(e).__name__}: {e}",
+                                  record=rec) from e
             signals.append(s)
-            failed.append(H.failed_rules(s, self.thresholds))
+            failed.append(bad)
         return signals, failed
 
     def process(self, table: pa.Table) -> ShardResult:
-        if not hasattr(self, "thresholds"):
+        if not hasattr(self, "rules"):
             self.setup()
-        cfg: QualityConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         texts = table.column("text").to_pylist()
         if cfg.lang_column in table.column_names:
             langs = table.column(cfg.lang_column).to_pylist()
         else:
             langs = [None] * table.num_rows
-        signals, failed = self.score(texts, langs)
+        ids = table.column("id").to_pylist() if "id" in table.column_names else None
+        signals, failed = self.score(texts, langs, ids)
         exempt = set(cfg.exempt_sources)
         if exempt:
             # Signals are still written; the natural-language rules do not decide these sources.

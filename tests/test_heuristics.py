@@ -8,7 +8,9 @@ import pytest
 from curate.config import build_config
 from curate.errors import ConfigError
 from curate.schema import CORE_FIELDS
+from curate import reasons
 from filters import heuristics as H
+from filters import rules as R
 from stages.quality import QualityConfig, QualityStage
 
 EN_PROSE = """The river had been rising for three days before anyone in the village thought to move the grain. By the time the council met, the water was already lapping at the steps of the mill, and the miller's son had to carry the ledgers upstairs in a wooden crate.
@@ -144,11 +146,13 @@ def test_repetition_rules_run_first():
 
 
 def test_signals_are_plain_numbers():
-    s = H.compute_signals(EN_PROSE, H.StopWords.of(["the", "and"]))
+    st = _stage(stop_words={"en": ["the", "and"]})
+    s = st.score([EN_PROSE], ["en"])[0][0]
     assert s["gopher_stop_words"] >= 2
     assert 0 <= s["fineweb_line_punct"] <= 1 and s["fineweb_line_punct"] == 1.0
     assert s["gopher_words"] == len(EN_PROSE.split())
-    assert H.compute_signals("")["gopher_words"] == 0
+    assert st.score([""], ["en"])[0][0]["gopher_words"] == 0
+    assert set(s) == {f.name for f in st.fields}
 
 
 def test_disabled_rule_and_missing_lang():
@@ -159,8 +163,12 @@ def test_disabled_rule_and_missing_lang():
 
 
 def test_every_rule_has_a_config_threshold_and_unknown_keys_fail():
-    assert set(H.RULE_NAMES) <= set(QualityConfig.model_fields)
-    assert len(set(H.RULE_NAMES)) == len(H.RULE_NAMES)
+    builtins = R.builtin_rules()
+    codes = [r.code for r in builtins]
+    assert len(set(codes)) == len(codes) == 31
+    for cls in builtins:
+        assert set(cls.params) <= set(QualityConfig.model_fields)
+        assert reasons.meaning(f"quality.{cls.code}"), cls.code
     with pytest.raises(ConfigError, match="gopher_min_word"):
         build_config(QualityConfig, {"gopher_min_word": 10}, "test.yaml")
     cfg = build_config(QualityConfig, {"gopher_mean_word_len": [2, 12], "c4_curly_brace": False}, "t")
