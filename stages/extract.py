@@ -5,11 +5,18 @@ extracts the main text with trafilatura. Every response/resource record becomes 
 or a rejected row with a reason; a corrupt stretch of a WARC file becomes one rejected row
 (``extract.corrupt_record``) and reading resumes after it. Records that are not documents
 (warcinfo, request, metadata) are counted in the stats, not in the document counts.
+
+HTML folders are walked once per real directory (a directory symlink that loops back, or that
+leads to a folder already walked, is not followed) and symlinked files are not read: every page
+is read at its real location, once; what was skipped is counted in the stats (``skipped.*``).
+An input file or folder that cannot be read becomes one rejected row
+(``extract.unreadable_input``) and the other inputs are processed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -21,6 +28,21 @@ from curate.config import StageConfig
 from curate.schema import CORE_FIELDS, make_rejected
 from curate.stage import ShardResult, SourceStage
 from curate.warc import WarcItem, iter_warc
+from curate.reasons import declare
+
+REASONS = declare("extract", {
+    "http_status": "the HTTP response status is not 200",
+    "non_html": "the response is not HTML (content type, or no markup)",
+    "empty": "the body is empty or no main text was found on the page",
+    "oversize": "the HTML (or a WARC record) is larger than the configured limit",
+    "binary": "control bytes in an HTML body: binary data served as HTML",
+    "decode_error": "the bytes decode neither with the declared charset, a compatible one nor a detected one",
+    "parse_error": "the HTML could not be parsed into a tree",
+    "extraction_error": "the text extractor raised an error on the page",
+    "oversize_text": "the extracted text is longer than max_text_chars",
+    "corrupt_record": "a WARC record or gzip member is truncated or corrupt",
+    "unreadable_input": "an input file (or folder) could not be read: permissions or an I/O error",
+})
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 DOC_RECORDS = ("response", "resource")
@@ -54,9 +76,19 @@ _SUPERSETS = {
     "euc_kr": ("cp949",),
     "big5": ("big5hkscs", "cp950"),
 }
-# Declared charsets that pages with many invalid bytes were often really written in.
-_CONFUSED = {"utf-8": ("cp1252",), "ascii": ("cp1252",)}
+# Declared charsets that pages invalid in them were often really written in cp1252.
+_CONFUSED = ("utf-8", "ascii")
 _CONTROL = re.compile(rb"[\x00-\x08\x0e-\x1a\x1c-\x1f]")
+_NON_ASCII = re.compile(r"[^\x00-\x7f]+")
+# Non-ASCII characters of cp1252 text that stand outside words: typographic marks, and the
+# one-letter words of Western languages (French/Italian/Portuguese "à", "è", "é", ...).
+_MARKS = set("\u00a0\u2019\u2018\u201c\u201d\u201e\u2013\u2014\u2026\u00ab\u00bb\u00b0\u20ac\u00a3\u00a5"
+             "\u00a7\u00a9\u00ae\u00b7\u2022\u00d7\u00f7\u00b1\u00bf\u00a1\u00ba\u00aa\u00b2\u00b3\u00b9"
+             "\u00bc\u00bd\u00be\u00b5\u00b6\u2020\u2021\u2030\u2039\u203a\u00a2")
+_ONE_LETTER_WORDS = set("àáâèéêìíòóôùú")
+# The accented letters of Western European words (not the rare ÿ, þ, ð, ƒ that stray bytes
+# such as \xff, \xfe read as).
+_LETTERS = set("àáâãäåæçèéêëìíîïñòóôõöøùúûüýœšžßÀÁÂÃÄÅÆÇÈÉÊËÌÍÎÏÑÒÓÔÕÖØÙÚÛÜÝŒŠŽ")
 
 
 class ExtractConfig(StageConfig):
@@ -100,11 +132,43 @@ def _norm_charset(name: str | None) -> str | None:
         return None
 
 
+def reads_as_cp1252(body: bytes) -> bool:
+    """Whether bytes that are invalid as UTF-8 read as Western single-byte text (cp1252).
+
+    In a cp1252 or latin-1 page the non-ASCII bytes are letters inside words (``caf\\xe9``,
+    ``cr\\xe8me``), one-letter words or typographic marks. In a damaged UTF-8 page they are
+    stray bytes between words (``\\xff\\xfe``), and its valid UTF-8 characters read as
+    two-character mojibake (``\\xc3\\xa9`` -> ``Ã©``), so neither passes.
+    """
+    try:
+        text = body.decode("cp1252")
+    except UnicodeDecodeError:
+        return False
+    runs = ok = 0
+    for m in _NON_ASCII.finditer(text):
+        runs += 1
+        run = m.group()
+        if all(ch in _MARKS for ch in run):
+            ok += 1
+        elif len(run) <= 3 and all(ch in _LETTERS for ch in run):
+            before, after = text[m.start() - 1: m.start()], text[m.end(): m.end() + 1]
+            in_word = (before.isascii() and before.isalpha()) or (after.isascii() and after.isalpha())
+            ok += in_word or run in _ONE_LETTER_WORDS
+    return runs > 0 and ok >= 0.95 * runs
+
+
 def decode_html(body: bytes, http_content_type: str | None) -> tuple[str | None, str | None, str | None]:
     """Decode HTML bytes: declared charset (HTTP header, then <meta>), else detection.
 
     Returns ``(text, charset, error)``; ``text`` is None when no charset decodes the bytes cleanly.
     """
+    text, charset, error, _ = _decode(body, http_content_type)
+    return text, charset, error
+
+
+def _decode(body: bytes, http_content_type: str | None) -> tuple[str | None, str | None, str | None, str | None]:
+    """:func:`decode_html` plus a note saying when the text is not a clean decode with the
+    declared charset (bytes replaced, a mislabelled or detected charset), or None."""
     declared = None
     if http_content_type:
         m = _HTTP_CHARSET.search(http_content_type)
@@ -117,33 +181,30 @@ def decode_html(body: bytes, http_content_type: str | None) -> tuple[str | None,
     cs = _norm_charset(declared) or "utf-8"
     for cand in (cs, *_SUPERSETS.get(cs, ())):
         try:
-            return body.decode(cand), cand, None
+            return body.decode(cand), cand, None, None
         except UnicodeDecodeError:
             pass
-    # A few corrupt bytes (<= 1%) in an otherwise valid page: keep it, U+FFFD in their place.
     text = body.decode(cs, errors="replace")
     bad = text.count("\ufffd") - body.decode(cs, errors="ignore").count("\ufffd")
-    if bad <= max(1, len(body) // 100):
-        return text, cs, None
-    # Many bad bytes and few valid multi-byte characters: a mislabelled page (cp1252 served
-    # as utf-8 ...). Try the usual supersets/confusions of the declared charset.
+    # A mislabelled page (cp1252 served as utf-8, or an undeclared latin-1 page): fewer valid
+    # multi-byte characters than invalid bytes, and its non-ASCII bytes read as cp1252 words.
+    # Checked before the tolerance below: a page with two accents has few bad bytes too.
     valid_non_ascii = sum(1 for ch in text if ord(ch) > 127) - text.count("\ufffd")
-    if valid_non_ascii < bad:
-        for alt in _CONFUSED.get(cs, ()):
-            try:
-                return body.decode(alt), alt, None
-            except UnicodeDecodeError:
-                pass
+    if cs in _CONFUSED and valid_non_ascii < bad and reads_as_cp1252(body):
+        return body.decode("cp1252"), "cp1252", None, f"{bad} bytes invalid as {declared or 'utf-8'}: read as cp1252"
+    # A few corrupt bytes (<= 1%) in an otherwise valid page: keep it, U+FFFD in their place.
+    if bad <= max(1, len(body) // 100):
+        return text, cs, None, f"{bad} bytes invalid as {cs} replaced by U+FFFD"
     if declared is None:
         from charset_normalizer import from_bytes
 
         best = from_bytes(body[:200_000]).best()
         if best is not None and best.encoding != cs and best.chaos < 0.1:
             try:
-                return body.decode(best.encoding), best.encoding, None
+                return body.decode(best.encoding), best.encoding, None, f"invalid as utf-8: detected {best.encoding}"
             except (UnicodeDecodeError, LookupError):
                 pass
-    return None, cs, f"{bad} bytes invalid as {declared or 'utf-8'} and no charset was detected"
+    return None, cs, f"{bad} bytes invalid as {declared or 'utf-8'} and no charset was detected", None
 
 
 def looks_binary(body: bytes) -> bool:
@@ -176,16 +237,31 @@ class Extract(SourceStage):
 
     # -- inputs ---------------------------------------------------------------
     def list_inputs(self, paths: list[str]) -> list[str]:
+        """WARC files (given, or directly in a given folder) and every folder holding HTML files,
+        each real file or directory once (symlinks that lead to one already listed are dropped)."""
         out: list[str] = []
+        seen: set[str] = set()
+
+        def add(f: Path) -> None:
+            real = os.path.realpath(f)
+            if real not in seen:
+                seen.add(real)
+                out.append(str(f))
+
         for p in paths:
             path = Path(p)
             if path.is_file():
-                out.append(str(path))
+                add(path)
             elif path.is_dir():
-                out.extend(str(f) for f in sorted(path.iterdir()) if f.is_file() and f.name.endswith(WARC_SUFFIXES))
-                for d in sorted([path, *[x for x in path.rglob("*") if x.is_dir()]]):
-                    if any(f.is_file() and f.name.endswith(HTML_SUFFIXES) for f in d.iterdir()):
-                        out.append(str(d))
+                try:
+                    entries = sorted(path.iterdir())
+                except OSError:
+                    entries = []
+                for f in sorted(entries, key=lambda f: f.is_symlink()):  # real files first
+                    if f.name.endswith(WARC_SUFFIXES) and f.is_file():
+                        add(f)
+                for d in html_folders(path):
+                    add(d)
             else:
                 from curate.errors import ConfigError
 
@@ -193,17 +269,23 @@ class Extract(SourceStage):
         return out
 
     def checksum(self, path: str) -> str:
+        """sha256 of a file, or of a folder's HTML files; an unreadable input gets a stable
+        marker instead (it becomes one rejected row, and a rerun reads it again once readable)."""
         p = Path(path)
-        if p.is_file():
-            return super().checksum(path)
+        try:
+            if p.is_file():
+                return super().checksum(path)
+            files, _ = html_files(p)
+        except OSError as e:
+            return f"unreadable: {e.strerror or e}"
         h = hashlib.sha256()
-        for f in self._html_files(p):
-            h.update(f.name.encode() + b"\0" + super().checksum(str(f)).encode() + b"\n")
+        for f in files:
+            try:
+                sha = super().checksum(str(f))
+            except OSError as e:
+                sha = f"unreadable: {e.strerror or e}"
+            h.update(f.name.encode() + b"\0" + sha.encode() + b"\n")
         return h.hexdigest()
-
-    @staticmethod
-    def _html_files(folder: Path) -> list[Path]:
-        return sorted(f for f in folder.iterdir() if f.is_file() and f.name.endswith(HTML_SUFFIXES))
 
     # -- per shard ----------------------------------------------------------------
     def process_source(self, path: str) -> ShardResult:
@@ -215,14 +297,14 @@ class Extract(SourceStage):
         details: list[str | None] = []
         stats: Counter = Counter()
         if p.is_dir():
-            items = self._iter_html_folder(p)
+            items = self._iter_html_folder(p, stats)
         else:
-            items = iter_warc(str(p), max_record_bytes=max(self.config.max_html_bytes * 4, 16 << 20))
+            items = self._iter_warc_file(p)
         for item in items:
             if item.rec_type is not None and item.rec_type not in DOC_RECORDS:
                 stats[f"records.{item.rec_type}"] += 1
                 continue
-            row, reason, detail = self._document(p.name, item)
+            row, reason, detail = self._document(p.name, item, stats)
             rows.append(row)
             reasons.append(reason)
             details.append(detail)
@@ -240,9 +322,30 @@ class Extract(SourceStage):
         stats["text_chars"] = sum(len(r["text"] or "") for r, k in zip(rows, keep) if k)
         return ShardResult(kept=kept, rejected=rejected, stats=dict(stats), n_input=len(rows))
 
-    def _iter_html_folder(self, folder: Path):
-        for f in self._html_files(folder):
-            body = f.read_bytes()
+    def _iter_warc_file(self, path: Path):
+        """The items of a WARC file; a read error becomes one last unreadable item."""
+        try:
+            yield from iter_warc(str(path), max_record_bytes=max(self.config.max_html_bytes * 4, 16 << 20))
+        except OSError as e:
+            yield WarcItem(offset=-1, error=f"cannot read {path}: {e.strerror or e}", unreadable=True)
+
+    def _iter_html_folder(self, folder: Path, stats: Counter):
+        try:
+            files, skipped = html_files(folder)
+        except OSError as e:
+            yield WarcItem(offset=0, rec_type="resource", uri=self.config.html_base_url + f"{folder.name}/",
+                           error=f"cannot list folder {folder}: {e.strerror or e}", unreadable=True,
+                           warc_headers={"_file": ""})
+            return
+        stats.update(skipped)
+        for f in files:
+            try:
+                body = f.read_bytes()
+            except OSError as e:
+                yield WarcItem(offset=0, rec_type="resource", uri=self.config.html_base_url + f"{folder.name}/{f.name}",
+                               error=f"cannot read {f}: {e.strerror or e}", unreadable=True,
+                               warc_headers={"_file": f.name})
+                continue
             if f.name.endswith(".gz"):
                 import gzip
 
@@ -268,7 +371,7 @@ class Extract(SourceStage):
                 return src
         return self.config.default_source
 
-    def _document(self, input_name: str, item: WarcItem) -> tuple[dict, str | None, str | None]:
+    def _document(self, input_name: str, item: WarcItem, stats: Counter) -> tuple[dict, str | None, str | None]:
         position = item.warc_headers.get("_file", item.offset)
         url = item.uri
         domain = _domain(url)
@@ -286,6 +389,8 @@ class Extract(SourceStage):
             "input_file": input_name,
             "input_offset": item.offset,
         }
+        if item.unreadable:
+            return row, "extract.unreadable_input", item.error
         if item.rec_type is None:
             return row, "extract.corrupt_record", item.error
         if item.oversize:
@@ -307,15 +412,19 @@ class Extract(SourceStage):
             return row, "extract.oversize", f"{len(body)} bytes > {self.config.max_html_bytes}"
         if looks_binary(body):
             return row, "extract.binary", "control bytes in an HTML body"
-        html, charset, err = decode_html(body, ctype)
+        html, charset, err, note = _decode(body, ctype)
         row["charset"] = charset
         if html is None:
             return row, "extract.decode_error", err
+        if note is not None:
+            stats["decode.replaced_bytes" if "U+FFFD" in note else "decode.other_charset"] += 1
         m = _HTML_LANG.search(body[:4096])
         row["html_lang"] = m.group(1).decode("ascii").lower() if m else None
         try:
             tree = self._traf.utils.load_html(html)
             if tree is None:
+                if note is not None:  # the bytes, not the markup, are what is wrong
+                    return row, "extract.decode_error", f"{note}; the result is not parseable HTML"
                 return row, "extract.parse_error", "HTML could not be parsed"
             title = tree.findtext(".//title")
             row["title"] = " ".join(title.split()) if title else None
@@ -337,6 +446,59 @@ class Extract(SourceStage):
             return row, "extract.oversize_text", f"{len(text)} chars > {self.config.max_text_chars}"
         row["text"] = text
         return row, None, None
+
+
+def html_files(folder: Path) -> tuple[list[Path], Counter]:
+    """The HTML files of ``folder`` that are read (sorted), and counts of what is skipped:
+    symlinked files (every page is read at its real location) and directory links that loop
+    back to the folder or one of its parents. Listing errors propagate (OSError)."""
+    files, skipped = [], Counter()
+    real = Path(os.path.realpath(folder))
+    for f in sorted(folder.iterdir()):
+        if f.is_symlink():
+            if f.name.endswith(HTML_SUFFIXES) and f.is_file():
+                skipped["skipped.symlinked_files"] += 1
+            elif f.is_dir():
+                target = Path(os.path.realpath(f))
+                if target == real or target in real.parents:
+                    skipped["skipped.looping_dir_links"] += 1
+        elif f.name.endswith(HTML_SUFFIXES) and f.is_file():
+            files.append(f)
+    return files, skipped
+
+
+def html_folders(root: Path) -> list[Path]:
+    """Folders under ``root`` (itself included) that hold HTML files, one per real directory,
+    sorted. Real subdirectories are walked first; a directory symlink is followed only to a
+    directory not walked yet, so links that loop (``loop -> .``, ``up -> ..``) are not.
+    A folder that cannot be listed is returned too (it becomes one unreadable row)."""
+    seen: set[str] = set()
+    found: list[Path] = []
+    links: list[Path] = []
+
+    def visit(d: Path) -> None:
+        real = os.path.realpath(d)
+        if real in seen:
+            return
+        seen.add(real)
+        try:
+            entries = sorted(d.iterdir())
+        except OSError:
+            found.append(d)
+            return
+        if any(f.name.endswith(HTML_SUFFIXES) and f.is_file() for f in entries):
+            found.append(d)
+        for e in entries:
+            if e.is_symlink():
+                if e.is_dir():
+                    links.append(e)
+            elif e.is_dir():
+                visit(e)
+
+    visit(root)
+    while links:
+        visit(links.pop(0))
+    return sorted(found)
 
 
 STAGE = Extract
