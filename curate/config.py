@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import types
+import typing
 import json
 from pathlib import Path
 from typing import Any
@@ -14,9 +16,35 @@ from .errors import ConfigError
 
 
 class StageConfig(BaseModel):
-    """Base class for every stage's config: frozen, unknown keys forbidden."""
+    """Base class for every stage's config: frozen, unknown keys forbidden, and no boolean
+    where a number is meant (``min_score: true`` is an error, not 1.0)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_number(cls, v: Any, info: Any) -> Any:
+        if _bool_for_number(cls.model_fields[info.field_name].annotation, v):
+            raise ValueError("expected a number, got a boolean (true/false)")
+        return v
+
+
+def _bool_for_number(ann: Any, v: Any) -> bool:
+    """Whether ``v`` holds a bool where the type ``ann`` admits a number but no bool."""
+    origin, args = typing.get_origin(ann), typing.get_args(ann)
+    if origin in (typing.Union, types.UnionType):
+        if isinstance(v, bool):
+            return any(a in (int, float) for a in args) and not any(a in (bool, Any) for a in args)
+        return any(_bool_for_number(a, v) for a in args)
+    if isinstance(v, bool):
+        return ann in (int, float)
+    if isinstance(v, dict) and len(args) == 2:
+        return any(_bool_for_number(args[1], x) for x in v.values())
+    if isinstance(v, (list, tuple)) and args:
+        if origin is tuple and Ellipsis not in args:
+            return any(_bool_for_number(a, x) for a, x in zip(args, v))
+        return any(_bool_for_number(args[0], x) for x in v)
+    return False
 
 
 def config_hash(obj: Any) -> str:
@@ -77,6 +105,25 @@ class PipelineSpec(BaseModel):
         return v
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping of a YAML file gives the same key twice."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a key given twice in one mapping (YAML would keep the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, typing.Hashable) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            if key in seen:
+                raise DuplicateKeyError(f"duplicate key {key!r} (line {key_node.start_mark.line + 1})")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml_mapping(path: str | Path, what: str) -> dict:
     """The top-level mapping of a YAML file; a missing file, bad YAML or another top-level
     type is a ConfigError naming the file (``what`` says which kind of file it is)."""
@@ -84,7 +131,9 @@ def read_yaml_mapping(path: str | Path, what: str) -> dict:
     if not path.is_file():
         raise ConfigError(f"{what} file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except DuplicateKeyError as e:
+        raise ConfigError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML: {e}") from None
     if not isinstance(data, dict):
