@@ -34,7 +34,6 @@ import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import cached_property
 from typing import ClassVar
 
 import numpy as np
@@ -205,6 +204,26 @@ class StopWords:
         return len(self._pattern.findall(text.lower()))
 
 
+class _once:  # noqa: N801 (used as a decorator)
+    """A per-instance cached attribute: computed on first access, then a plain attribute.
+
+    Like :class:`functools.cached_property` without its lock (Python 3.11 takes one on every
+    first access, which costs the quality stage a few per cent over the ~15 shared analyses
+    of each document).
+    """
+
+    def __init__(self, func):
+        self.func = func
+        self.name = func.__name__
+        self.__doc__ = func.__doc__
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return self
+        value = obj.__dict__[self.name] = self.func(obj)
+        return value
+
+
 class Doc:
     """One document as the quality rules see it: its text and language, and the analyses that
     several rules share (words, lines, paragraphs, the n-gram index, C4's line flags), each
@@ -229,33 +248,33 @@ class Doc:
         self.cjk_mode_min_frac = cjk_mode_min_frac
         self.cjk_chars_per_word = cjk_chars_per_word
 
-    @cached_property
+    @_once
     def words(self) -> list[str]:
         return words(self.text)
 
-    @cached_property
+    @_once
     def n_cjk(self) -> int:
         return len(CJK_CHAR.findall(self.text))
 
-    @cached_property
+    @_once
     def cjk(self) -> bool:
         """Whether the document is judged in CJK mode."""
         n_tokens = len(self.words)
         return n_tokens > 0 and self.n_cjk / n_tokens >= self.cjk_mode_min_frac
 
-    @cached_property
+    @_once
     def n_words(self) -> int:
         """Word count; in CJK mode CJK characters count ``1 / cjk_chars_per_word`` each."""
         if self.cjk:
             return round(len(self.words) - self.n_cjk + self.n_cjk / self.cjk_chars_per_word)
         return len(self.words)
 
-    @cached_property
+    @_once
     def scale(self) -> float:
         """Length factor of the Gopher n-gram sizes (``cjk_chars_per_word`` in CJK mode)."""
         return self.cjk_chars_per_word if self.cjk else 1.0
 
-    @cached_property
+    @_once
     def grams(self) -> NgramIndex:
         return NgramIndex(self.words)
 
@@ -267,43 +286,47 @@ class Doc:
         """Gopher's duplicated ``n``-gram character share (n scaled in CJK mode)."""
         return self.grams.dup_fraction(math.ceil(n * self.scale))
 
-    @cached_property
+    @_once
     def raw_lines(self) -> list[str]:
         """The text split at runs of newlines (Gopher's lines)."""
         return _LINE_SPLIT.split(self.text)
 
-    @cached_property
+    @_once
     def paragraphs(self) -> list[str]:
         return _PARAGRAPH_SPLIT.split(self.text.strip())
 
-    @cached_property
+    @_once
     def dup_raw_lines(self) -> tuple[int, int]:
         """(lines equal to an earlier line, their characters)."""
         return _duplicates(self.raw_lines)
 
-    @cached_property
+    @_once
     def dup_paragraphs(self) -> tuple[int, int]:
         return _duplicates(self.paragraphs)
 
-    @cached_property
+    @_once
     def lines(self) -> list[str]:
         """Non-empty lines, stripped (C4's and FineWeb's lines)."""
         return [ln for ln in (ln.strip() for ln in self.text.split("\n")) if ln]
 
-    @cached_property
+    @_once
     def terminal(self) -> list[bool]:
         """Per line: ends with terminal punctuation."""
         return [ln.endswith(TERMINAL) for ln in self.lines]
 
-    @cached_property
+    @_once
+    def low_lines(self) -> list[str]:
+        return [ln.lower() for ln in self.lines]
+
+    @_once
     def javascript(self) -> list[bool]:
         """Per line: mentions "javascript" (C4)."""
-        return ["javascript" in ln.lower() for ln in self.lines]
+        return ["javascript" in ln for ln in self.low_lines]
 
-    @cached_property
+    @_once
     def policy(self) -> list[bool]:
         """Per line: a cookie / terms / privacy notice (C4)."""
-        return [any(m in ln for m in POLICY_MARKERS) for ln in map(str.lower, self.lines)]
+        return [any(m in ln for m in POLICY_MARKERS) for ln in self.low_lines]
 
     def line_share(self, flags: Iterable[bool]) -> float:
         """Share of :attr:`lines` with a true flag (0.0 without lines)."""

@@ -54,7 +54,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from curate.errors import ConfigError, CurateError
-from curate.reasons import declare
+from curate.reasons import ReasonError, declare
 
 ENTRY_POINT_GROUP = "curate.rules"
 STAGE = "quality"
@@ -81,8 +81,14 @@ class _Params(BaseModel):
 class Rule:
     """Base class of a quality rule (see the module docstring for the protocol).
 
+    A subclass that needs set-up (a word list, a model) overrides ``__init__`` and calls
+    ``super().__init__(config)`` first.
+
     Attributes:
         config: the rule's validated parameters (attributes named as in ``params``).
+        threshold: the value of the first parameter (None when the rule has none).
+        enabled: False when the first parameter is None or False (the signals are still
+            written).
     """
 
     code: ClassVar[str]
@@ -92,16 +98,10 @@ class Rule:
 
     def __init__(self, config: BaseModel):
         self.config = config
-
-    @property
-    def threshold(self) -> Any:
-        """The value of the first parameter (None when the rule has none)."""
-        return getattr(self.config, next(iter(self.params)), None) if self.params else None
-
-    @property
-    def enabled(self) -> bool:
-        t = self.threshold
-        return not self.params or (t is not None and t is not False)
+        # The value of the first parameter (None when the rule has none); a rule with
+        # parameters is off when it is None or False.
+        self.threshold: Any = getattr(config, next(iter(self.params))) if self.params else None
+        self.enabled = not self.params or (self.threshold is not None and self.threshold is not False)
 
     def score(self, doc) -> dict[str, Any]:
         """``{column: value}`` for every column in ``signals``."""
@@ -162,7 +162,10 @@ def register(cls: type[Rule]) -> type[Rule]:
         model = create_model(f"{cls.__name__}Params", __base__=_Params, **dict(cls.params))
     except (TypeError, ValueError) as e:
         raise ConfigError(f"quality rule {name}: bad `params` ({e})") from None
-    declare(STAGE, {code: meaning}, origin=cls.__module__)
+    try:
+        declare(STAGE, {code: meaning}, origin=cls.__module__)
+    except ReasonError as e:
+        raise ConfigError(f"quality rule {name}: {e}") from None
     _PARAMS_MODEL[cls] = model
     return cls
 
@@ -193,8 +196,9 @@ def load_rule(spec: str) -> type[Rule]:
         modname, _, attr = spec.partition(":")
         try:
             mod = importlib.import_module(modname)
-        except ImportError as e:
-            raise ConfigError(f"quality rule {spec!r}: cannot import module {modname!r} ({e})") from None
+        except Exception as e:  # noqa: BLE001 (any failure to import a plugin becomes one line)
+            raise ConfigError(f"quality rule {spec!r}: cannot import module {modname!r} "
+                              f"({type(e).__name__}: {e})") from None
         obj: Any = mod
         for part in attr.split("."):
             obj = getattr(obj, part, None)
@@ -214,6 +218,9 @@ def load_rule(spec: str) -> type[Rule]:
         except Exception as e:  # noqa: BLE001 (any import failure of a plugin becomes one line)
             raise ConfigError(f"quality rule {spec!r}: entry point {eps[spec].value!r} failed to load "
                               f"({type(e).__name__}: {e})") from None
+    builtins = builtin_rules()
+    if obj not in builtins and getattr(obj, "code", None) in {r.code for r in builtins}:
+        raise ConfigError(f"quality rule {spec!r}: code {obj.code!r} is already used by a built-in rule")
     try:
         return register(obj)
     except ConfigError as e:

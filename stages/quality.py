@@ -116,8 +116,9 @@ class QualityStage(MapStage):
                 for rule in rules:
                     s.update(rule.score(doc))
                 if len(s) != n_fields:
-                    raise KeyError(f"signals {sorted(set(s) ^ {f.name for f in self.fields})} "
-                                   "returned or missing against the rules' declared signals")
+                    rule = self._misdeclared(doc)
+                    got = set(rule.score(doc))
+                    raise KeyError(f"it returned the signals {sorted(got)} but declares {sorted(rule.signals)}")
                 bad = []
                 for rule in active:
                     if not rule.keep(s):
@@ -130,6 +131,10 @@ class QualityStage(MapStage):
             signals.append(s)
             failed.append(bad)
         return signals, failed
+
+    def _misdeclared(self, doc: Doc) -> R.Rule:
+        """The first rule whose ``score`` does not return exactly its declared signals."""
+        return next(r for r in self.rules if set(r.score(doc)) != set(r.signals))
 
     def process(self, table: pa.Table) -> ShardResult:
         if not hasattr(self, "rules"):
