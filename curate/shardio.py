@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import ShardError
+from .errors import ShardError, WriteError
 
 PARQUET_OPTS = dict(compression="zstd", compression_level=3, write_statistics=True)
 
@@ -22,6 +23,22 @@ def sha256_file(path: str | os.PathLike, bufsize: int = 1 << 20) -> str:
         while chunk := f.read(bufsize):
             h.update(chunk)
     return h.hexdigest()
+
+
+def write_error(path: Path, tmp: Path, e: OSError) -> WriteError:
+    """The :class:`WriteError` for an OSError met while writing ``path`` through ``tmp``;
+    the partial temp file is removed (it would only hold space on a full disk)."""
+    if isinstance(e, WriteError):
+        return e
+    try:
+        tmp.unlink(missing_ok=True)
+    except OSError:
+        pass
+    code = e.errno
+    if code is None:  # pyarrow sometimes gives only "... [errno 28] ..." in the message
+        m = re.search(r"\[errno (\d+)\]", str(e))
+        code = int(m.group(1)) if m else None
+    return WriteError(code, os.strerror(code) if code else str(e), str(path))
 
 
 def _fsync_dir(path: Path) -> None:
@@ -40,13 +57,16 @@ def _fsync_dir(path: Path) -> None:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` via ``path.tmp`` + fsync + rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        raise write_error(path, tmp, e) from e
     _fsync_dir(path.parent)
 
 
@@ -57,12 +77,15 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 def write_parquet(table: pa.Table, path: str | os.PathLike, row_group_size: int = 10_000) -> dict:
     """Write ``table`` atomically; return ``{"path", "rows", "sha256", "bytes"}``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    pq.write_table(table, tmp, row_group_size=row_group_size, **PARQUET_OPTS)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, tmp, row_group_size=row_group_size, **PARQUET_OPTS)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        raise write_error(path, tmp, e) from e
     _fsync_dir(path.parent)
     return {"path": str(path), "rows": table.num_rows, "sha256": sha256_file(path), "bytes": path.stat().st_size}
 
