@@ -393,7 +393,7 @@ class Read(SourceStage):
         row: dict[str, Any] = {"id": gen_id, "text": None, "url": None, "domain": "", "source": cfg.default_source,
                                "input_file": name, "input_index": rec.index}
         if rec.error is not None:
-            return row, f"read.{error_kind(rec.error)}", rec.error
+            return row, REASONS.get(rec.error.split(":", 1)[0]) or REASONS[error_kind(rec.error)], rec.error
         v = rec.value or {}
         problem: tuple[str, str] | None = None
         for col, kind in cfg.keep_columns.items():
