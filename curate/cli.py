@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -10,16 +11,19 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from .errors import CurateError
+from .errors import CurateError, TaskError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Corpus curation pipeline for LLM training.")
 console = Console(stderr=False, width=None if sys.stdout.isatty() else 120)
 err_console = Console(stderr=True)
 
 
-def _fail(e: Exception) -> None:
-    err_console.print(f"[bold red]error:[/] {e}", highlight=False)
+def _fail(e: Exception, log: Path | None = None) -> None:
+    """One line on stderr (never wrapped, the message is not read as markup), exit code 2."""
+    line = Text.assemble(("error:", "bold red"), f" {e}", f" (full traceback: {log})" if log else "")
+    err_console.print(line, highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -31,13 +35,24 @@ def run(
     workers: Optional[int] = typer.Option(None, help="number of workers"),
     stage: Optional[list[str]] = typer.Option(None, "--stage", help="run only these stages (repeatable)"),
     force: bool = typer.Option(False, help="redo stages whose config or input changed"),
+    max_task_retries: Optional[int] = typer.Option(
+        None, help="reruns of a task whose Ray worker or node was lost (default: the YAML's max_task_retries, 3; "
+                   "or CURATE_MAX_TASK_RETRIES)"),
 ):
-    """Run (or resume) a pipeline into a run directory."""
+    """Run (or resume) a pipeline into a run directory.
+
+    A failing task is reported as one line (stage, task, input file, record when known);
+    its full traceback goes to ``RUN/_logs/``.
+    """
     from .runner import run_pipeline
 
+    if max_task_retries is not None:
+        os.environ["CURATE_MAX_TASK_RETRIES"] = str(max_task_retries)
     try:
         run_pipeline(pipeline, run_dir, executor=executor, workers=workers, stages=stage or None, force=force,
                      log=lambda m: console.print(m, highlight=False, markup=False))
+    except TaskError as e:
+        _fail(e, e.write_log(run_dir))
     except CurateError as e:
         _fail(e)
     inspect(run_dir, top=5)
