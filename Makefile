@@ -20,7 +20,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[sample,test]'
+	$(PY) -m pip install -q -e '.[sample,test,train]'
 	touch $@
 
 sample: $(SAMPLE)/labels.jsonl

@@ -120,6 +120,29 @@ def inspect(
     console.print(t)
 
 
+@app.command()
+def verify(
+    run_dir: Path = typer.Argument(..., help="run directory (or one mixture directory)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="reports and the short training run (default RUN/verify)"),
+    train_steps: int = typer.Option(60, help="steps of the training check (0 skips it)"),
+    threads: int = typer.Option(0, help="CPU threads for torch (0: torch's default)"),
+):
+    """Check a run's mixtures before training: files, tokenizer, proportions, overlap, SFT masks, a short run."""
+    from trainer.data import DataError
+    from trainer.verify import VerifyOptions, format_checks
+    from trainer.verify import verify as verify_run
+
+    try:
+        res = verify_run(run_dir, out, VerifyOptions(train_steps=train_steps, threads=threads),
+                         log=lambda m: console.print(m, highlight=False, markup=False))
+    except (DataError, OSError, ValueError) as e:
+        _fail(e)
+    for line in format_checks(res):
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
+    if not all(c.ok for checks in res.values() for c in checks):
+        raise typer.Exit(1)
+
+
 @app.command("sample-corpus")
 def sample_corpus(
     out_dir: Path = typer.Argument(..., help="where to write the WARC shards"),
