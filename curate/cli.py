@@ -143,6 +143,50 @@ def verify(
         raise typer.Exit(1)
 
 
+@app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="run directory"),
+    stage: str = typer.Argument(..., help="stage name"),
+    fmt: str = typer.Option("jsonl", "--format", help="jsonl, parquet or messages (chat JSONL)"),
+    columns: Optional[str] = typer.Option(None, help="comma-separated columns (default: all)"),
+    rejected: bool = typer.Option(False, "--rejected", help="export the rejected rows instead"),
+    out: Optional[str] = typer.Option(None, help="output file, '-' for stdout (default RUN/exports/...)"),
+):
+    """Write a stage's kept (or rejected) documents as JSONL, Parquet or chat messages."""
+    from .export import export_stage
+
+    cols = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
+    try:
+        res = export_stage(run_dir, stage, fmt=fmt, columns=cols, rejected=rejected, out=out)
+    except CurateError as e:
+        _fail(e)
+    if res["path"] != "-":
+        err_console.print(f"{res['rows']} rows -> {res['path']}", highlight=False, markup=False)
+
+
+@app.command()
+def verify(
+    run_dir: Path = typer.Argument(..., help="run directory (or one mixture directory)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="reports and the short training run (default RUN/verify)"),
+    train_steps: int = typer.Option(60, help="steps of the training check (0 skips it)"),
+    threads: int = typer.Option(0, help="CPU threads for torch (0: torch's default)"),
+):
+    """Check a run's mixtures before training: files, tokenizer, proportions, overlap, SFT masks, a short run."""
+    from trainer.data import DataError
+    from trainer.verify import VerifyOptions, format_checks
+    from trainer.verify import verify as verify_run
+
+    try:
+        res = verify_run(run_dir, out, VerifyOptions(train_steps=train_steps, threads=threads),
+                         log=lambda m: console.print(m, highlight=False, markup=False))
+    except (DataError, OSError, ValueError) as e:
+        _fail(e)
+    for line in format_checks(res):
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
+    if not all(c.ok for checks in res.values() for c in checks):
+        raise typer.Exit(1)
+
+
 @app.command("sample-corpus")
 def sample_corpus(
     out_dir: Path = typer.Argument(..., help="where to write the WARC shards"),
