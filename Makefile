@@ -30,12 +30,13 @@ $(SAMPLE)/labels.jsonl: $(STAMP) curate/samplegen.py
 
 demo: setup lmplz sample
 	$(CURATE) run $(PIPELINE) --run $(RUN)
+	$(CURATE) report $(RUN)
 
 # One target per stage: runs the pipeline up to and including that stage (resumes finished ones).
 extract langid quality dedup pii mix: setup lmplz sample
 	$(CURATE) run $(PIPELINE) --run $(RUN) $(foreach s,$(shell $(PY) -m curate.pipeline_stages $(PIPELINE) $@),--stage $(s))
 
-test: setup lmplz
+test: setup lmplz browser
 	$(PY) -m pytest -q
 
 bench: bench-extract bench-quality bench-dedup bench-pii bench-mix

@@ -93,54 +93,54 @@ def inspect(
     run_dir: Path = typer.Argument(..., help="run directory"),
     top: int = typer.Option(5, help="reject reasons shown per stage (the rest are summed)"),
 ):
-    """Print the funnel: documents in, kept and rejected by reason, per stage."""
-    from .manifest import read_manifest
-    from .sql import stage_dirs
+    """Print the funnel: documents in, kept and rejected by reason, and what each stage did."""
+    from .report_data import load_run
+    from .report_summary import stage_summary
 
-    if not run_dir.is_dir():
-        _fail(CurateError(f"run directory not found: {run_dir}"))
-    t = Table("stage", "in", "kept", "rejected", "by reason", "s", "docs/s", title=f"funnel: {run_dir}")
-    t.columns[4].overflow = "fold"
-    for d in stage_dirs(run_dir):
-        m = read_manifest(d)
-        if m is None:
-            t.add_row(d.name, "", "", "", "(not finished)", "", "")
-            continue
-        tm = m.get("timings", {})
-        if "input_rows" in m:
-            ranked = sorted(m.get("reasons", {}).items(), key=lambda kv: (-kv[1], kv[0]))
+    try:
+        run = load_run(run_dir)
+    except CurateError as e:
+        _fail(e)
+    t = Table("stage", "in", "kept", "rejected", "by reason", "what it did", "s", "docs/s", title=f"funnel: {run_dir}")
+    t.columns[4].overflow = t.columns[5].overflow = "fold"
+    for s in run.stages:
+        c, m = s.counts, s.manifest or {}
+        did = stage_summary(s)
+        if not did and not c and isinstance(m.get("accounting"), str):
+            did = [m["accounting"][:200]]
+        if not s.finished:
+            did.insert(0, f"({s.state})")
+        reasons = ""
+        if c:
+            ranked = sorted(c["reasons"].items(), key=lambda kv: (-kv[1], kv[0]))
             reasons = "\n".join(f"{k}: {v}" for k, v in ranked[:top])
             if len(ranked) > top:
                 rest = sum(v for _, v in ranked[top:])
                 reasons += f"\n(+{len(ranked) - top} more reasons: {rest})"
-            t.add_row(d.name, str(m["input_rows"]), str(m["kept_rows"]), str(m["rejected_rows"]), reasons,
-                      str(tm.get("seconds", "")), str(tm.get("docs_per_s", "")))
-        else:
-            t.add_row(d.name, "", "", "", json.dumps(m.get("accounting", {}))[:200], str(tm.get("seconds", "")), "")
+        tm = m.get("timings", {})
+        t.add_row(s.name, *(str(c[k]) if c else "" for k in ("input", "kept", "rejected")), reasons, "\n".join(did),
+                  str(tm.get("seconds", "")), str(tm.get("docs_per_s", "")))
+    for name in run.not_started:
+        t.add_row(name, "", "", "", "", "(not started)", "", "")
     console.print(t)
 
 
 @app.command()
-def verify(
-    run_dir: Path = typer.Argument(..., help="run directory (or one mixture directory)"),
-    out: Optional[Path] = typer.Option(None, "--out", help="reports and the short training run (default RUN/verify)"),
-    train_steps: int = typer.Option(60, help="steps of the training check (0 skips it)"),
-    threads: int = typer.Option(0, help="CPU threads for torch (0: torch's default)"),
+def report(
+    run_dir: Path = typer.Argument(..., help="run directory (finished or not)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="HTML file to write (default RUN/report.html)"),
 ):
-    """Check a run's mixtures before training: files, tokenizer, proportions, overlap, SFT masks, a short run."""
-    from trainer.data import DataError
-    from trainer.verify import VerifyOptions, format_checks
-    from trainer.verify import verify as verify_run
+    """Write one self-contained HTML page with the run as charts (read from what the run wrote)."""
+    from .report import build_report
 
     try:
-        res = verify_run(run_dir, out, VerifyOptions(train_steps=train_steps, threads=threads),
-                         log=lambda m: console.print(m, highlight=False, markup=False))
-    except (DataError, OSError, ValueError) as e:
+        path, info = build_report(run_dir, out)
+    except CurateError as e:
         _fail(e)
-    for line in format_checks(res):
-        console.print(line, highlight=False, markup=False, soft_wrap=True)
-    if not all(c.ok for checks in res.values() for c in checks):
-        raise typer.Exit(1)
+    skipped = f"; not in this run: {', '.join(info['absent'])}" if info["absent"] else ""
+    console.print(f"{info['charts']} charts in {len(info['sections'])} sections, {info['seconds']} s{skipped}",
+                  highlight=False, markup=False)
+    console.print(f"report: {path.resolve()}", highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()

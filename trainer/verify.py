@@ -246,8 +246,10 @@ def check_masks(d: Path, meta: dict) -> Check:
 
 
 def check_training(d: Path, out: Path, opt: VerifyOptions, log) -> Check:
-    from .train import train
-
+    try:
+        from .train import train
+    except ImportError as e:
+        return Check("training", "fail", f"cannot train: {e} (install the project's train extra)")
     cfg = {"data": str(d), "out": str(out), "block_size": opt.block_size, "batch_size": opt.batch_size,
            "max_steps": opt.train_steps, "eval_every": opt.train_steps, "ckpt_every": opt.train_steps,
            "warmup_steps": max(1, opt.train_steps // 10), "seed": opt.seed, "resume": False,
