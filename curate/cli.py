@@ -64,12 +64,18 @@ def sql(
     query_text: str = typer.Argument(..., metavar="SQL"),
     run_dir: Path = typer.Option(..., "--run", help="run directory"),
     fmt: str = typer.Option("table", "--format", help="table, csv or json"),
+    allow_write: Optional[Path] = typer.Option(
+        None, "--allow-write", help="a directory outside the run where COPY ... TO may write (default: none)"),
 ):
-    """Run DuckDB SQL over a run: one view per stage, <stage>_rejected, and funnel."""
+    """Run DuckDB SQL over a run: one view per stage, <stage>_rejected, and funnel.
+
+    Read-only: queries see only the views (view names with odd characters need "double quotes")
+    and cannot read or write files, except under --allow-write DIR.
+    """
     from .sql import query
 
     try:
-        cols, rows = query(run_dir, query_text)
+        cols, rows = query(run_dir, query_text, allow_write=allow_write)
     except CurateError as e:
         _fail(e)
     if fmt == "json":
