@@ -1,0 +1,197 @@
+"""The run report (`curate report`) and `curate inspect`'s per-stage summaries.
+
+The demo pipeline runs on the generated sample crawl (local executor); its report is opened in
+Debian's Chromium (headless, driven through chromedriver by selenium), and every image must load
+with no console error. The screenshot is kept under build/test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from curate.cli import app
+from curate.manifest import read_manifest
+from curate.report import build_report
+from curate.report_data import load_run
+from curate.report_summary import stage_summary
+from curate.runner import run_pipeline
+from stages.train_lm import find_tool
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "build" / "test-artifacts"
+
+
+def _demo_spec(corpus: Path) -> dict:
+    spec = yaml.safe_load((ROOT / "manifests" / "demo.yaml").read_text())
+    spec.update(executor="local", workers=1)
+    spec["stages"]["extract"]["input"] = {"paths": [str(corpus)]}
+    spec["stages"]["mix"]["config"]["mixture"] = str(ROOT / "manifests" / "mixtures" / "demo.yaml")
+    return spec
+
+
+@pytest.fixture(scope="module")
+def demo_run(sample_corpus, tmp_path_factory) -> Path:
+    try:
+        find_tool("lmplz")
+    except Exception:
+        pytest.skip("lmplz not built: run `make lmplz` (make test does) to run the demo pipeline")
+    run = tmp_path_factory.mktemp("demo-run")
+    run_pipeline(_demo_spec(sample_corpus), run, log=lambda *_: None)
+    return run
+
+
+@pytest.fixture(scope="module")
+def demo_report(demo_run, tmp_path_factory) -> tuple[Path, dict]:
+    return build_report(demo_run, tmp_path_factory.mktemp("report") / "report.html")
+
+
+def _text(page: str) -> str:
+    """The page's visible text, roughly: tags dropped, entities decoded."""
+    text = html.unescape(re.sub(r"<[^>]+>", " ", re.sub(r'src="data:[^"]*"', "", page)))
+    return " ".join(text.split())
+
+
+def _browser():
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.skip("Chromium/chromedriver not installed: run `make browser` (make test does)")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--hide-scrollbars", "--window-size=1000,900"):
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(driver), options=opts)
+
+
+def test_demo_report_loads_in_chromium(demo_report, capsys):
+    path, info = demo_report
+    browser = _browser()
+    try:
+        browser.get(path.resolve().as_uri())
+        images = browser.execute_script(
+            "return Array.from(document.images).map(i => ({alt: i.alt, done: i.complete, w: i.naturalWidth}))")
+        headings = browser.execute_script("return Array.from(document.querySelectorAll('h2')).map(h => h.textContent)")
+        errors = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
+        height = browser.execute_script("return document.documentElement.scrollHeight")
+        browser.set_window_size(1000, min(int(height) + 50, 30000))
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        shot = ARTIFACTS / "report-demo.png"
+        assert browser.save_screenshot(str(shot))
+    finally:
+        browser.quit()
+    with capsys.disabled():
+        print(f"\nreport screenshot: {shot} (page: {path})")
+    assert len(images) == info["charts"] >= 12
+    assert all(i["done"] and i["w"] > 0 for i in images), [i["alt"] for i in images if not i["w"]]
+    assert errors == []
+    assert headings[: len(info["sections"])] == info["sections"]
+    assert shot.stat().st_size > 50_000
+
+
+def test_demo_report_covers_the_run(demo_run, demo_report):
+    path, info = demo_report
+    for title in ("Funnel", "Rejections", "Languages", "Perplexity", "Deduplication", "PII", "Pretraining mixture",
+                  "Sample rejected documents"):
+        assert title in info["sections"]
+    # contracts this run does not have are listed as absent, with the reason
+    assert set(info["absent"]) == {"SFT mixture", "Vocabulary extension", "Training, verification and ablations"}
+    text = _text(path.read_text())
+    assert "Not in this run" in text
+    # the readings are computed from the run's own figures
+    ext, pii, mix, dd = (read_manifest(demo_run / s) for s in ("extract", "pii", "mix", "dedup"))
+    last = read_manifest(demo_run / "mix")
+    assert f"{ext['input_rows']:,} records enter extract; {last['kept_rows']:,} documents" in text
+    st = pii["stats"]
+    assert f"{st['pii.total']:,} detections in {st['pii.docs_with_pii']:,} of {pii['input_rows']:,} documents" in text
+    assert f"{mix['mixture']['train_tokens']:,} train tokens over {len(mix['mixture']['target_weights'])} sources" in text
+    cl = dd["clusters"]
+    assert f"{cl['clusters']:,} clusters hold {cl['documents_in_clusters']:,} documents" in text
+    cut = read_manifest(demo_run / "perplexity")["cutoffs"]
+    for lang, (lo, hi) in cut.items():
+        assert f"'{lang}' {lo:,.0f} / {hi:,.0f}" in text
+    # every stage with rejections shows samples of its top reason
+    for stage in ("extract", "quality", "perplexity", "dedup"):
+        reasons = read_manifest(demo_run / stage)["reasons"]
+        top = sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
+        assert f"{top} {reasons[top]:,} documents, stage {stage}" in text
+
+
+def test_demo_report_shows_no_planted_pii(sample_corpus, demo_report):
+    labels = [json.loads(x) for x in (sample_corpus / "labels.jsonl").read_text().splitlines() if x.strip()]
+    planted = {p["value"] for lab in labels for p in lab.get("pii") or [] if len(p["value"]) >= 6}
+    assert len(planted) > 20
+    text = _text(demo_report[0].read_text())
+    assert [v for v in planted if v in text] == []
+
+
+def test_report_reads_only_and_is_deterministic(demo_run, tmp_path):
+    def snapshot():
+        return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(demo_run.rglob("*")) if p.is_file()}
+
+    before = snapshot()
+    a, _ = build_report(demo_run, tmp_path / "a.html")
+    b, _ = build_report(demo_run, tmp_path / "b.html")
+    assert snapshot() == before
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_partial_run_before_pii_scrubs_samples(tmp_path):
+    """A run stopped after langid: the report skips what is missing, and the excerpts of documents
+    rejected before pii ran are scrubbed for display."""
+    pages = tmp_path / "html"
+    pages.mkdir()
+    email, phone = "greta.lindqvist@example-mail.org", "+1 415 555 0132"
+    (pages / "contact.html").write_text(
+        "<html><head><title>Contact</title></head><body><article><p>Please write to the office at "
+        f"{email} or call {phone} between nine and five on weekdays. The office answers every letter "
+        "within two weeks, and questions about orders are handled by the same team.</p></article></body></html>")
+    spec = {"pipeline": "partial", "executor": "local", "workers": 1, "stages": {
+        "extract": {"input": {"paths": [str(pages)]}},
+        "langid": {"input": "extract", "config": {"allowed_langs": ["de"]}},
+        "pii": {"input": "langid"}}}
+    run = tmp_path / "run"
+    run_pipeline(spec, run, stages=["extract", "langid"], log=lambda *_: None)
+    path, info = build_report(run)
+    assert path == run / "report.html"
+    text = _text(path.read_text())
+    assert "langid.unwanted_lang" in text and "<EMAIL>" in text and "<PHONE>" in text
+    assert email not in text and phone not in text
+    assert "Perplexity" in info["absent"] and "Pretraining mixture" in info["absent"]
+    assert "not started" in text
+
+
+def test_inspect_says_what_each_stage_did(demo_run):
+    run = load_run(demo_run)
+    pii = next(s for s in run.stages if s.name == "pii")
+    st = pii.stats
+    assert stage_summary(pii)[0] == (f"{st['pii.total']:,} detections in {st['pii.docs_with_pii']:,} documents "
+                                     "(placeholder)")
+    mix = next(s for s in run.stages if s.name == "mix")
+    meta = json.loads((demo_run / "mix" / "meta.json").read_text())
+    assert stage_summary(mix)[0] == f"{meta['train']['tokens']:,} train + {meta['val']['tokens']:,} val tokens"
+    web = meta["sources"]["web"]
+    assert f"web {web['target_weight']:.2f}→{web['achieved_weight']:.2f} ×{web['epochs']:.2f}" in stage_summary(mix)[1]
+    r = CliRunner().invoke(app, ["inspect", str(demo_run)])
+    assert r.exit_code == 0, r.output
+    assert "what it did" in r.output and "detections" in r.output and "cut-offs" in r.output
+
+
+def test_report_command(demo_run, tmp_path):
+    out = tmp_path / "r" / "page.html"
+    r = CliRunner().invoke(app, ["report", str(demo_run), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert out.is_file() and str(out.resolve()) in r.output.replace("\n", "")
+    r = CliRunner().invoke(app, ["report", str(tmp_path / "missing")])
+    assert r.exit_code == 2 and "run directory not found" in r.output
