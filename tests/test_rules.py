@@ -4,6 +4,7 @@ entry point (a ``.dist-info`` folder beside it), only when the test puts it on t
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import subprocess
@@ -38,12 +39,27 @@ SENTENCES = [
     "The school stood at the top of the hill, and the children walked up a long stone stair.",
     "When storms came in winter, the families gathered in the hall to wait for the wind to drop.",
     "The lighthouse keeper wrote down the weather three times a day for more than forty years.",
+    "Our train crossed the plain slowly, stopping at villages whose names nobody could pronounce.",
+    "By evening the sky over the wheat turned orange, and farmers drove their tractors home.",
+    "A bakery beside the station sold bread so fresh that the paper bags were still warm.",
+    "The library had moved twice since the war, and some of its books still carried old stamps.",
+    "Students argued about poetry in the café until the owner stacked the chairs on the tables.",
+    "On Sundays the river was full of rowing boats, and the bridges were crowded with walkers.",
+    "The mountain road climbs through pine forest before it reaches the first snowfields.",
+    "Shepherds once spent whole summers up there, coming down only when the first frost arrived.",
+    "An old chapel near the pass offers shelter to hikers caught out by sudden storms.",
+    "From the summit, on a clear morning, you can count seven lakes in the valleys below.",
+    "Engineers spent a decade designing the tunnel that now carries trucks under the ridge.",
+    "The orchestra rehearsed in a converted warehouse whose brick walls gave a warm sound.",
+    "Each musician kept a pencil on the stand to mark the conductor's many small changes.",
+    "Tickets for the opening concert sold out within an hour of going on sale last spring.",
+    "After the performance, the audience stood and applauded for almost ten minutes.",
 ]
 
 
 def _prose(k: int) -> list[str]:
-    """Seven distinct sentences, a different selection for each ``k``."""
-    return [SENTENCES[(k + j) % len(SENTENCES)] for j in range(7)]
+    """Six distinct sentences; documents ``k`` and ``k + 1`` share three of them."""
+    return [SENTENCES[(3 * k + j) % len(SENTENCES)] for j in range(6)]
 
 
 def _table(texts: list[str], lang: str = "en") -> pa.Table:
@@ -75,25 +91,26 @@ def _sql(run: Path, query: str) -> list[dict]:
 
 
 def test_plugin_rule_rejects_with_its_own_code_in_a_pipeline(tmp_path):
-    """extract -> quality with the plugin named by import path, run by the CLI with the plugin
-    only on PYTHONPATH: shouting pages are rejected as quality.no_shouting (seen with
-    ``curate sql``), the signal column is in both outputs, and every document is accounted for."""
-    shouty = {("a", 1), ("a", 3), ("b", 0)}
-    for folder, n in (("a", 4), ("b", 3)):
-        d = tmp_path / "html" / folder
-        d.mkdir(parents=True)
-        for i in range(n):
-            paras = _prose(i + (4 if folder == "b" else 0))
-            if (folder, i) in shouty:
-                paras = [p.upper() for p in paras]
-            (d / f"p{i}.html").write_text(article(f"Harbour notes {folder}{i}", paras), encoding="utf-8")
-    (tmp_path / "html" / "b" / "empty.html").write_text("", encoding="utf-8")
+    """A JSONL.gz corpus through read -> langid -> quality (the plugin named by import path)
+    -> dedup, run by the CLI with the plugin only on PYTHONPATH: shouting documents are
+    rejected as quality.no_shouting (seen with ``curate sql``), the signal column is in both
+    outputs, and every document is accounted for from stage to stage."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    shouty = {1, 4, 6}
+    docs = []
+    for i in range(8):
+        text = "\n".join(_prose(i))
+        docs.append({"text": text.upper() if i in shouty else text, "url": f"https://harbour.example.org/{i}"})
+    for name, part in (("000.jsonl.gz", docs[:5]), ("001.jsonl.gz", docs[5:])):
+        (corpus / name).write_bytes(gzip.compress("".join(json.dumps(d) + "\n" for d in part).encode()))
     pipeline = {
         "pipeline": "plugin-rule", "executor": "local", "workers": 1,
         "stages": {
-            "extract": {"input": {"paths": [str(tmp_path / "html")]}},
-            "quality": {"input": "extract", "config": {
-                "lang_column": "html_lang", "rules": {SHOUTY: {"max_caps_ratio": 0.5}}}},
+            "read": {"input": {"paths": [str(corpus)]}, "config": {"columns": {"text": "text", "url": "url"}}},
+            "langid": {"input": "read"},
+            "quality": {"input": "langid", "config": {"rules": {SHOUTY: {"max_caps_ratio": 0.5}}}},
+            "dedup": {"input": "quality"},
         },
     }
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(pipeline), encoding="utf-8")
@@ -105,22 +122,35 @@ def test_plugin_rule_rejects_with_its_own_code_in_a_pipeline(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
 
     rejected = _sql(run, "SELECT url, reason, detail, shouty_caps_ratio FROM quality_rejected ORDER BY url")
+    assert [r["url"] for r in rejected] == [docs[i]["url"] for i in sorted(shouty)]
     assert [r["reason"] for r in rejected] == ["quality.no_shouting"] * 3
     assert all(r["detail"] == "no_shouting" and r["shouty_caps_ratio"] > 0.9 for r in rejected)
     kept = _sql(run, "SELECT id, shouty_caps_ratio FROM quality")
-    assert len(kept) == 4 and all(r["shouty_caps_ratio"] < 0.1 for r in kept)
+    assert len(kept) == 5 and all(r["shouty_caps_ratio"] < 0.1 for r in kept)
+    # The column travels on: dedup's output has it too.
+    assert len(_sql(run, "SELECT shouty_caps_ratio FROM dedup")) == 5
 
-    # Conservation: the documents extract kept are exactly quality's kept + rejected.
-    ids_in = {r["id"] for r in _sql(run, "SELECT id FROM extract")}
-    ids_kept = {r["id"] for r in kept}
-    ids_rej = {r["id"] for r in _sql(run, "SELECT id FROM quality_rejected")}
-    assert len(ids_in) == 7 and not ids_kept & ids_rej and ids_kept | ids_rej == ids_in
+    # Conservation: each stage's input is the previous stage's kept documents, split into
+    # kept + rejected with nothing lost or doubled.
+    stages = ("read", "langid", "quality", "dedup")
+    rows = _sql(run, " UNION ALL ".join(
+        f"SELECT '{st}' AS stage, k, id FROM (SELECT 'kept' AS k, id FROM {st} "
+        f"UNION ALL SELECT 'rejected' AS k, id FROM {st}_rejected)" for st in stages))
+    prev = None
+    for st in stages:
+        kept_ids = [r["id"] for r in rows if r["stage"] == st and r["k"] == "kept"]
+        rej_ids = [r["id"] for r in rows if r["stage"] == st and r["k"] == "rejected"]
+        assert len(set(kept_ids + rej_ids)) == len(kept_ids) + len(rej_ids), st
+        if prev is not None:
+            assert set(kept_ids) | set(rej_ids) == prev, st
+        assert json.loads((run / st / "_manifest.json").read_text())["conservation"]["ok"] is True, st
+        prev = set(kept_ids)
+    assert len(prev) == 5
     man = json.loads((run / "quality" / "_manifest.json").read_text())
-    assert man["conservation"]["ok"] is True
-    assert man["input_rows"] == 7 and man["kept_rows"] == 4 and man["rejected_rows"] == 3
+    assert man["input_rows"] == 8 and man["kept_rows"] == 5 and man["rejected_rows"] == 3
     assert man["reasons"] == {"quality.no_shouting": 3}
     assert man["config"]["rules"] == {SHOUTY: {"max_caps_ratio": 0.5, "min_letters": 20}}
-    # The signal column comes after every built-in signal, in both outputs.
+    # The signal column comes right after the built-in signals, in both outputs.
     for p in [*sorted((run / "quality").glob("part-*.parquet")), *sorted((run / "quality" / "rejected").glob("*.parquet"))]:
         names = pq.read_schema(p).names
         assert names.index("shouty_caps_ratio") == names.index("fineweb_newlines") + 1
