@@ -212,7 +212,7 @@ def _open_bytes(path: str | os.PathLike):
         return gzip.GzipFile(fileobj=f, mode="rb")
     if head[:4] == b"\x28\xb5\x2f\xfd":
         return io.BufferedReader(_ZstdRaw(f), buffer_size=1 << 16)
-    if head[:3] == b"BZh":
+    if head[:3] == b"BZh" and str(path).lower().endswith(".bz2"):  # "BZh" can start a text line
         return bz2.BZ2File(f)
     if head[:6] == b"\xfd7zXZ\x00":
         return lzma.LZMAFile(f)

@@ -16,8 +16,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from curate.readers import ReaderError, detect_format, error_kind, iter_records
+from stages.read import Read, ReadConfig
 
 SHARED_SFT = Path(__file__).resolve().parents[2] / "shared" / "sft" / "llama_factory" / "alpaca_en_demo.json"
 
@@ -245,3 +248,44 @@ def test_real_alpaca_json_array():
     expected = json.loads(SHARED_SFT.read_text(encoding="utf-8"))
     recs = _records(SHARED_SFT)
     assert [r.value for r in recs] == expected
+
+
+def _count_plain(data: bytes) -> int:
+    """Records of a JSONL byte string by the format's rule: non-blank lines."""
+    lines = data.split(b"\n")
+    if lines and lines[0].startswith(b"\xef\xbb\xbf"):
+        lines[0] = lines[0][3:]
+    return sum(1 for ln in lines if ln.strip())
+
+
+_LINE = st.one_of(
+    st.builds(lambda t: json.dumps({"text": t}, ensure_ascii=False).encode(), st.text(max_size=40)),
+    st.binary(max_size=30),
+    st.sampled_from([b"", b"  ", b"\r", b"[1]", b"null", b'{"text": 1}', b"\xef\xbb\xbf{}", b"{\"a\": \"\\ud800\"}"]),
+)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(_LINE, max_size=25), crlf=st.booleans(), gz=st.booleans(), cut=st.floats(0, 1))
+def test_fuzz_jsonl_counts_match_the_bytes(tmp_path, lines, crlf, gz, cut):
+    """Whatever the bytes: no exception, contiguous indices, and as many records as the file
+    holds (for a cut gzip file: its complete lines plus one record for the lost tail)."""
+    data = (b"\r\n" if crlf else b"\n").join(lines)
+    p = tmp_path / "f.jsonl.gz"
+    if gz:
+        blob = gzip.compress(data)
+        blob = blob[: max(2, int(len(blob) * cut))] if cut < 0.98 else blob
+        p.write_bytes(blob)
+        d = zlib.decompressobj(wbits=31)
+        avail = d.decompress(blob)
+        if d.eof:
+            expected = _count_plain(avail)
+        else:
+            expected = _count_plain(avail[: avail.rfind(b"\n") + 1]) + 1
+    else:
+        p.write_bytes(data)
+        expected = _count_plain(data)
+    recs = _records(p)
+    assert len(recs) == expected
+    res = Read(ReadConfig()).process_source(str(p))
+    assert res.n_input == res.kept.num_rows + res.rejected.num_rows == expected
