@@ -15,10 +15,11 @@ that the decision can be replayed from the columns ("score first, decide later")
 * ``score(doc) -> {column: value}``: the values of its signals for one
   :class:`filters.heuristics.Doc`. The doc computes what several rules share (words, lines,
   the n-gram index) once, on first use;
-* ``keep(signals) -> bool``: ``True`` keeps the document. ``signals`` holds every column
-  scored so far for the document (the rule's own and those of the rules before it).
+* ``keep(signals) -> bool``: ``True`` keeps the document. ``signals`` holds every signal of
+  the document (every rule scores before any decides), so a rule may decide on a column
+  another rule writes. It is only called when the rule is on.
 
-Example (a user's rule, enabled in a pipeline as shown in :class:`QualityRulesConfig`)::
+Example (a user's rule; ``tests/plugins/curate_shouty`` is a complete plugin package)::
 
     class NoShouting(Rule):
         code = "no_shouting"
@@ -37,8 +38,15 @@ The built-in Gopher / C4 / FineWeb rules (:mod:`filters.heuristics`) are registe
 :func:`builtin`; their parameters are top-level keys of the quality config. A user's rules
 are named in the config's ``rules`` mapping by import path (``package.module:Class``) or by
 the name of an entry point in the group ``curate.rules`` (an installed plugin); their
-parameters go under that key. Rules decide in order: built-ins first, then ``rules`` in the
-order given; a rejected document's reason is the first rule it breaks.
+parameters go under that key::
+
+    quality:
+      config:
+        rules: {"mypkg.rules:NoShouting": {max_caps_ratio: 0.5}}
+
+A plugin's code and columns may not clash with a built-in rule's or another plugin's. Rules
+decide in order: built-ins first, then ``rules`` in the order given; a rejected document's
+reason is the first rule it breaks, and its columns follow the built-in signal columns.
 """
 
 from __future__ import annotations
@@ -118,7 +126,7 @@ class ThresholdRule(Rule):
     ``op`` is ``">"`` (reject above a maximum), ``"<"`` (below a minimum), ``"outside"``
     (threshold ``(low, high)``) or ``"true"`` (reject when the boolean signal is true). A
     signal that is None (not applicable to the document) passes. ``signal`` defaults to the
-    rule's only column; a rule may also compare a column that an earlier rule writes.
+    rule's only column; a rule may also compare a column that another rule writes.
     """
 
     signal: ClassVar[str]
@@ -139,13 +147,17 @@ class ThresholdRule(Rule):
         return not (v < lo or v > hi)
 
 
-def register(cls: type[Rule]) -> type[Rule]:
-    """Check a rule class, build its parameter model and declare its reason code."""
+def register(cls: type[Rule], label: str | None = None) -> type[Rule]:
+    """Check a rule class, build its parameter model and declare its reason code.
+
+    ``label`` names the rule in errors (default ``module:Class``).
+    """
     if not (isinstance(cls, type) and issubclass(cls, Rule)):
-        raise ConfigError(f"{cls!r} is not a quality rule (a subclass of filters.rules.Rule)")
+        raise ConfigError(f"quality rule {label or repr(cls)}: {cls!r} is not a quality rule "
+                          "(a subclass of filters.rules.Rule)")
     if cls in _PARAMS_MODEL:
         return cls
-    name = f"{cls.__module__}:{cls.__qualname__}"
+    name = label or f"{cls.__module__}:{cls.__qualname__}"
     code, meaning = getattr(cls, "code", None), getattr(cls, "meaning", None)
     if not isinstance(code, str) or not _CODE.match(code):
         raise ConfigError(f"quality rule {name} needs a `code` of lower-case letters, digits and _ (got {code!r})")
@@ -154,6 +166,10 @@ def register(cls: type[Rule]) -> type[Rule]:
     for col, typ in cls.signals.items():
         if not isinstance(typ, pa.DataType):
             raise ConfigError(f"quality rule {name}: signal {col!r} needs an Arrow type (got {typ!r})")
+    if cls.keep is Rule.keep:
+        raise ConfigError(f"quality rule {name} needs a `keep(signals) -> bool` method")
+    if issubclass(cls, ThresholdRule) and cls.op not in (">", "<", "outside", "true"):
+        raise ConfigError(f"quality rule {name}: `op` must be '>', '<', 'outside' or 'true' (got {cls.op!r})")
     if issubclass(cls, ThresholdRule) and not hasattr(cls, "signal"):
         if len(cls.signals) != 1:
             raise ConfigError(f"quality rule {name}: a ThresholdRule with several signals must name its `signal`")
@@ -221,10 +237,7 @@ def load_rule(spec: str) -> type[Rule]:
     builtins = builtin_rules()
     if obj not in builtins and getattr(obj, "code", None) in {r.code for r in builtins}:
         raise ConfigError(f"quality rule {spec!r}: code {obj.code!r} is already used by a built-in rule")
-    try:
-        return register(obj)
-    except ConfigError as e:
-        raise ConfigError(f"quality rule {spec!r}: {e}") from None
+    return register(obj, repr(spec))
 
 
 def build_params(cls: type[Rule], values: Mapping[str, Any] | None, where: str) -> BaseModel:

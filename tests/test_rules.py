@@ -199,6 +199,7 @@ def test_entry_point_name_and_decisions_in_process(plugin_path):
     ({"tests.test_rules:ClashingCode": {}}, ["code 'c4_curly_brace' is already used by a built-in rule"]),
     ({"tests.test_rules:ClashingColumn": {}}, ["signal column 'gopher_words' is already written"]),
     ({"tests.test_rules:NoMeaning": {}}, ["needs a one-line `meaning`"]),
+    ({"tests.test_rules:NoKeep": {}}, ["tests.test_rules:NoKeep", "needs a `keep(signals) -> bool` method"]),
 ])
 def test_bad_rule_configs_are_one_line_errors(plugin_path, rules, needles):
     with pytest.raises(ConfigError) as e:
@@ -263,12 +264,17 @@ class NotARule:
     code = "not_a_rule"
 
 
-class ClashingCode(R.Rule):
+class _Passes(R.Rule):
+    def keep(self, signals):
+        return True
+
+
+class ClashingCode(_Passes):
     code = "c4_curly_brace"
     meaning = "clashes with a built-in code"
 
 
-class ClashingColumn(R.Rule):
+class ClashingColumn(_Passes):
     code = "clashing_column"
     meaning = "writes a column a built-in rule writes"
     signals = {"gopher_words": pa.int32()}
@@ -276,6 +282,11 @@ class ClashingColumn(R.Rule):
 
 class NoMeaning(R.Rule):
     code = "no_meaning"
+
+
+class NoKeep(R.Rule):
+    code = "no_keep"
+    meaning = "a rule that never says whether a document passes"
 
 
 class Raises(R.Rule):
