@@ -46,7 +46,7 @@ from curate.readers import (
     iter_records,
 )
 from curate.reasons import declare
-from curate.schema import CORE_FIELDS, CORE_NAMES, REJECT_NAMES, make_rejected
+from curate.schema import CORE_FIELDS, CORE_NAMES, REJECT_NAMES, make_rejected, split_by_mask
 from curate.shardio import sha256_file
 from curate.stage import ShardResult, SourceStage
 from stages.extract import _domain as domain_of
@@ -297,6 +297,9 @@ class Read(SourceStage):
             return {}
         if fmt is None:
             return {}
+        if fmt == "hf" and not path.is_dir():
+            raise ConfigError(f"read input {path}: format 'hf' reads folders written by datasets' save_to_disk; "
+                              "use 'arrow' for a single .arrow file")
         try:
             schema = arrow_schema(path)
         except (pa.ArrowException, OSError, ValueError, IndexError):
@@ -373,17 +376,11 @@ class Read(SourceStage):
             reasons.append(reason)
             details.append(detail)
             n += 1
-        table = pa.Table.from_pydict(cols, schema=schema)
-        keep = pa.array([r is None for r in reasons], pa.bool_())
-        rej_idx = [i for i, r in enumerate(reasons) if r is not None]
-        rejected = make_rejected(
-            table.take(pa.array(rej_idx, pa.int64())),
-            self.name,
-            [reasons[i] for i in rej_idx],
-            [details[i] for i in rej_idx],
-        )
+        kept, dropped = split_by_mask(pa.Table.from_pydict(cols, schema=schema), [r is None for r in reasons])
+        rejected = make_rejected(dropped, self.name, [r for r in reasons if r],
+                                 [d for r, d in zip(reasons, details) if r])
         stats = {"records": n, f"format.{fmt or 'unknown'}": 1}
-        return ShardResult(kept=table.filter(keep), rejected=rejected, stats=stats, n_input=n)
+        return ShardResult(kept=kept, rejected=rejected, stats=stats, n_input=n)
 
     def _row(self, name: str, rec: RawRecord, ids_kept: dict[str, int]) -> tuple[dict, str | None, str | None]:
         """One output row and its reject reason (None: kept) and detail."""
