@@ -78,7 +78,7 @@ def mix_run(shards: list[Path], tok_path: Path, workers: int, work: Path, batch:
     spec = {
         "pipeline": "bench-mix",
         "stages": {
-            "docs": {"type": "extract"},
+            "docs": {"type": "extract", "input": {"paths": ["(seeded by the benchmark)"]}},
             "mix": {"input": "docs", "config": {"mixture": mixture, "batch_docs": batch}},
         },
     }

@@ -45,14 +45,13 @@ def run_stage(shards: list[Path], out_dir: Path, executor: str = "local", worker
               config: dict | None = None) -> tuple[dict, float]:
     """Run the dedup stage on ``shards`` into ``out_dir``; returns (manifest body, seconds)."""
     from curate.executors import get_executor
-    from curate.stage import GlobalContext
+    from curate.runner import run_global_stage
     from stages.dedup import DedupStage
 
     stage = DedupStage(DedupStage.Config.model_validate(config or {}))
     ex = get_executor(executor, workers)
-    ctx = GlobalContext("dedup", list(shards), shards[0].parent, out_dir, out_dir.parent, ex, workers)
     t0 = time.perf_counter()
-    body = stage.run(ctx)
+    body = run_global_stage(stage, list(shards), out_dir, ex, workers=workers)
     return body, time.perf_counter() - t0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import types
 import typing
@@ -55,12 +56,28 @@ def config_hash(obj: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def format_validation_error(e: ValidationError, where: str) -> str:
+def _suggest(model: type[BaseModel] | None, loc: tuple) -> str:
+    """`` (did you mean 'x'?)`` for an unknown key, from the fields of the model it is in."""
+    parts = list(loc[:-1])
+    while parts and model is not None:
+        field = model.model_fields.get(str(parts.pop(0)))
+        ann = getattr(field, "annotation", None) if field else None
+        if typing.get_origin(ann) is dict and parts:  # a mapping of models: skip its key
+            parts.pop(0)
+            ann = typing.get_args(ann)[1]
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    if model is None:
+        return ""
+    near = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.6)
+    return f" (did you mean {near[0]!r}?)" if near else ""
+
+
+def format_validation_error(e: ValidationError, where: str, model: type[BaseModel] | None = None) -> str:
     parts = []
     for err in e.errors():
         loc = ".".join(str(x) for x in err["loc"]) or "<root>"
         if err["type"] == "extra_forbidden":
-            parts.append(f"unknown key {loc!r} in {where}")
+            parts.append(f"unknown key {loc!r} in {where}{_suggest(model, tuple(err['loc']))}")
         elif err["type"] == "missing":
             parts.append(f"missing key {loc!r} in {where}")
         else:
@@ -73,7 +90,7 @@ def build_config(cls: type[StageConfig], data: dict | None, where: str) -> Stage
     try:
         return cls.model_validate(data or {})
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, where)) from None
+        raise ConfigError(format_validation_error(e, where, cls)) from None
 
 
 class InputSpec(BaseModel):
@@ -86,8 +103,17 @@ class StageSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     type: str | None = None
-    input: str | InputSpec | None = None
+    input: str | list[str] | InputSpec | None = None
     config: dict[str, Any] = {}
+
+    @property
+    def input_stages(self) -> list[str]:
+        """Names of the stages this one reads (empty for a source stage)."""
+        if isinstance(self.input, str):
+            return [self.input]
+        if isinstance(self.input, list):
+            return list(self.input)
+        return []
 
 
 class PipelineSpec(BaseModel):
@@ -95,6 +121,7 @@ class PipelineSpec(BaseModel):
     pipeline: str
     executor: str = "ray"
     workers: int = 2
+    max_task_retries: int = 3  # reruns of a task whose worker was lost (curate.executors)
     stages: dict[str, StageSpec]
 
     @field_validator("executor")
@@ -153,13 +180,13 @@ def parse_pipeline(data: Any, where: str) -> PipelineSpec:
     try:
         spec = PipelineSpec.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, where)) from None
-    seen: list[str] = []
+        raise ConfigError(format_validation_error(e, where, PipelineSpec)) from None
     for name, st in spec.stages.items():
-        if isinstance(st.input, str) and st.input not in seen:
-            raise ConfigError(
-                f"{where}: stage {name!r} reads from {st.input!r}, which is not an earlier stage "
-                f"(earlier: {', '.join(seen) or 'none'})"
-            )
-        seen.append(name)
+        for ref in st.input_stages:
+            if ref not in spec.stages:
+                near = difflib.get_close_matches(ref, list(spec.stages), n=1)
+                hint = f"; did you mean {near[0]!r}?" if near else f" (stages: {', '.join(spec.stages)})"
+                raise ConfigError(f"{where}: stage {name!r} reads from {ref!r}, which is not a stage{hint}")
+            if ref == name:
+                raise ConfigError(f"{where}: stage {name!r} reads from itself")
     return spec

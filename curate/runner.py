@@ -1,48 +1,57 @@
-"""The DAG runner: reads a pipeline, runs each stage through an executor, writes manifests.
+"""The DAG runner: validates a pipeline, runs each stage through an executor, writes manifests.
 
-Map stages: one task per input shard; the worker reads the shard, runs the stage, checks
-conservation, writes kept + rejected shards atomically and then a marker in ``_shards/``.
-A rerun skips every shard whose marker still matches the config hash, the input checksum
-and the output checksums, so a killed run finishes with the same bytes.
+The whole pipeline is validated (:func:`curate.pipeline.validate`) before the first stage
+runs. Each stage then runs through the phase engine (:mod:`curate.phases`): a map or source
+stage is one phase with a task per input shard (the worker writes the shard with
+:func:`curate.shards.write_shard`; markers in ``_shards/``); a global stage runs its own
+phases. A finished stage (``_SUCCESS``) is trusted only after every file it recorded still
+has its size and checksum; a changed file is reported and its stage resumed, which redoes only
+the work whose outputs changed.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
+import os
 import shutil
 import subprocess
 import time
-from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import PipelineSpec, StageSpec, build_config, config_hash, load_pipeline, parse_pipeline
-from .errors import ConfigError, StageStateError
+from .config import PipelineSpec, load_pipeline, parse_pipeline
+from .errors import ConfigError, CurateError, ShardError, StageStateError
 from .executors import Executor, get_executor
 from .manifest import (
     SHARDS_DIR,
     check_conservation,
-    marker_valid,
+    SUCCESS,
+    WORK_DIR,
     read_manifest,
     read_success,
+    remove_unrecorded,
     shard_name,
     sum_stats,
+    verify_finished,
     write_manifest,
     write_success,
 )
-from .schema import rejected_schema
-from .shardio import atomic_write_json, read_parquet, sha256_file, write_parquet
-from .stage import GlobalContext, GlobalStage, MapStage, SourceStage, Stage, load_stage_class
-
+from .phases import Phases, stable_hash
+from .pipeline import PlannedStage, check_paths, upstream_of, validate
+from .shardio import atomic_write_json, read_parquet, sha256_file
+from .shards import sum_shards, write_shard
+from .stage import GlobalContext, GlobalResult, GlobalStage, SourceStage, Stage, load_stage_class
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def code_version() -> str:
+    env = os.environ.get("CURATE_CODE_VERSION")
+    if env:
+        return env
     rev = ""
     try:
         rev = subprocess.run(
@@ -58,15 +67,14 @@ def code_version() -> str:
 
 
 class ShardWorker:
-    """Runs one map stage on one shard at a time; the stage is set up once per worker."""
+    """Runs one map or source stage on one shard at a time; set up once per worker."""
 
-    def __init__(self, stage_type: str, config: dict, stage_name: str, out_dir: str, chash: str):
+    def __init__(self, stage_type: str, config: dict, stage_name: str, out_dir: str):
         cls = load_stage_class(stage_type)
         self.stage: Stage = cls(cls.Config.model_validate(config), stage_name)
         self.stage.setup()
         self.stage_name = stage_name
         self.out_dir = Path(out_dir)
-        self.chash = chash
 
     def __call__(self, task: dict) -> dict:
         t0 = time.perf_counter()
@@ -78,24 +86,13 @@ class ShardWorker:
             table = read_parquet(inp)
             res = self.stage.process(table)  # type: ignore[attr-defined]
             n_in = table.num_rows
-        rejected = res.rejected if res.rejected is not None else rejected_schema(res.kept.schema).empty_table()
-        check_conservation(n_in, res.kept.num_rows, rejected.num_rows, f"stage {self.stage_name} shard {i} ({inp})")
-        name = shard_name(i)
-        kept_info = write_parquet(res.kept, self.out_dir / f"{name}.parquet")
-        rej_info = write_parquet(rejected, self.out_dir / "rejected" / f"{name}.parquet")
-        reasons = Counter(rejected.column("reason").to_pylist()) if rejected.num_rows else Counter()
-        marker = {
-            "index": i,
-            "config_hash": self.chash,
-            "input": {"path": inp, "rows": n_in, "sha256": task["input_sha"]},
-            "outputs": {"kept": kept_info, "rejected": rej_info},
-            "kept": res.kept.num_rows,
-            "rejected": rejected.num_rows,
-            "reasons": dict(sorted(reasons.items())),
-            "stats": res.stats,
-            "seconds": round(time.perf_counter() - t0, 3),
-        }
-        atomic_write_json(self.out_dir / SHARDS_DIR / f"{name}.json", marker)
+        marker = write_shard(
+            self.out_dir, i, res.kept, res.rejected, n_in,
+            where=f"stage {self.stage_name} shard {i} ({inp})",
+            input_info={"path": inp, "sha256": task["input_sha"]},
+            stats=res.stats,
+        )
+        marker["seconds"] = round(time.perf_counter() - t0, 3)
         return marker
 
 
@@ -111,19 +108,6 @@ def _digest(items: list[tuple[str, str]]) -> str:
     return h.hexdigest()[:16]
 
 
-def upstream_shards(run_dir: Path, input_stage: str) -> list[tuple[Path, str]]:
-    """Kept shards of a finished stage with their checksums (from its manifest)."""
-    sdir = run_dir / input_stage
-    if read_success(sdir) is None:
-        raise StageStateError(f"input stage {input_stage!r} has not finished in {run_dir} (no _SUCCESS)")
-    man = read_manifest(sdir) or {}
-    known = {Path(o["path"]).name: o["sha256"] for o in man.get("outputs", [])}
-    out = []
-    for p in sorted(sdir.glob("part-*.parquet")):
-        out.append((p, known.get(p.name) or sha256_file(p)))
-    return out
-
-
 class Runner:
     """Runs the stages of one pipeline into one run directory."""
 
@@ -135,71 +119,105 @@ class Runner:
         workers: int | None = None,
         force: bool = False,
         log=print,
+        where: str | None = None,
     ):
         if isinstance(pipeline, PipelineSpec):
-            self.spec, self.where = pipeline, "<pipeline>"
+            self.spec, self.where = pipeline, where or "<pipeline>"
         elif isinstance(pipeline, dict):
-            self.spec, self.where = parse_pipeline(pipeline, "<pipeline dict>"), "<pipeline dict>"
+            self.where = where or "<pipeline dict>"
+            self.spec = parse_pipeline(pipeline, self.where)
         else:
             self.spec, self.where = load_pipeline(pipeline), str(pipeline)
+        self.plan = validate(self.spec, self.where)
+        self.by_name = {p.name: p for p in self.plan}
         self.run_dir = Path(run_dir)
         self.executor_name = executor or self.spec.executor
         self.workers = workers or self.spec.workers
         self.force = force
         self.log = log
         self._executor: Executor | None = None
+        self._verified: set[str] = set()
 
     @property
     def executor(self) -> Executor:
         if self._executor is None:
-            self._executor = get_executor(self.executor_name, self.workers)
+            self._executor = get_executor(self.executor_name, self.workers, self.spec.max_task_retries)
         return self._executor
 
     def run(self, stages: list[str] | None = None) -> dict[str, dict]:
-        unknown = [s for s in stages or [] if s not in self.spec.stages]
+        unknown = [s for s in stages or [] if s not in self.by_name]
         if unknown:
-            raise ConfigError(f"{self.where}: no stage named {', '.join(unknown)} (have {', '.join(self.spec.stages)})")
+            raise ConfigError(f"{self.where}: no stage named {', '.join(unknown)} (have {', '.join(self.by_name)})")
+        check_paths(self.plan, self.where, [p.name for p in self.plan if not stages or p.name in stages])
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(
             self.run_dir / "_pipeline.json",
-            {"pipeline": self.spec.pipeline, "source": self.where, "stages": list(self.spec.stages)},
+            {"pipeline": self.spec.pipeline, "source": self.where, "stages": [p.name for p in self.plan]},
         )
         results = {}
-        for name, st in self.spec.stages.items():
-            if stages and name not in stages:
+        for p in self.plan:
+            if stages and p.name not in stages:
                 continue
-            results[name] = self.run_stage(name, st)
+            try:
+                results[p.name] = self.run_stage(p)
+            except OSError as e:
+                raise ShardError(_os_error_line(p.name, self.run_dir / p.name, e)) from e
         return results
 
-    def _make_stage(self, name: str, st: StageSpec) -> tuple[type[Stage], Any, str]:
-        stype = st.type or name
-        cls = load_stage_class(stype)
-        cfg = build_config(cls.Config, st.config, f"config of stage {name!r} in {self.where}")
-        chash = config_hash({"type": stype, "version": cls.version, "config": cfg.model_dump(mode="json")})
-        return cls, cfg, chash
+    # ------------------------------------------------------------------ inputs
+    def upstream_shards(self, input_stage: str) -> list[tuple[Path, str]]:
+        """Kept shards of a finished stage with their checksums, after verifying the stage."""
+        sdir = self.run_dir / input_stage
+        done = read_success(sdir)
+        if done is None:
+            raise StageStateError(f"input stage {input_stage!r} has not finished in {self.run_dir} (no _SUCCESS)")
+        if input_stage not in self._verified:
+            changes = verify_finished(sdir, done)
+            if changes:
+                raise StageStateError(
+                    f"input stage {input_stage!r} changed since it finished ({changes[0]}"
+                    + (f"; +{len(changes) - 1} more" if len(changes) > 1 else "")
+                    + f"): rerun that stage first (curate run ... --stage {input_stage})"
+                )
+            self._verified.add(input_stage)
+        man = read_manifest(sdir) or {}
+        known = {Path(o["path"]).name: o["sha256"] for o in man.get("outputs", []) if "sha256" in o}
+        return [(p, known.get(p.name) or sha256_file(p)) for p in sorted(sdir.glob("part-*.parquet"))]
 
-    def _inputs(self, name: str, st: StageSpec, stage: Stage) -> list[tuple[Path, str]]:
+    def _inputs(self, p: PlannedStage, stage: Stage) -> dict[str, list[tuple[Path, str]]]:
         if isinstance(stage, SourceStage):
-            if st.input is None or isinstance(st.input, str):
-                raise ConfigError(f"{self.where}: source stage {name!r} needs `input: {{paths: [...]}}`")
-            files = stage.list_inputs(list(st.input.paths))
+            paths = list(p.spec.input.paths)  # type: ignore[union-attr]
+            files = stage.list_inputs(paths)
             if not files:
-                raise ConfigError(f"{self.where}: stage {name!r}: no input files under {list(st.input.paths)}")
-            return [(Path(f), stage.checksum(f)) for f in files]
-        if not isinstance(st.input, str):
-            raise ConfigError(f"{self.where}: stage {name!r} needs `input: <earlier stage name>`")
-        return upstream_shards(self.run_dir, st.input)
+                raise ConfigError(f"{self.where}: stage {p.name!r}: no input files under {paths}")
+            return {"": [(Path(f), stage.checksum(f)) for f in files]}
+        return {s: self.upstream_shards(s) for s in p.spec.input_stages}
 
-    def run_stage(self, name: str, st: StageSpec) -> dict:
-        cls, cfg, chash = self._make_stage(name, st)
-        stage = cls(cfg, name)
+    # ------------------------------------------------------------------ stages
+    def run_stage(self, p: PlannedStage) -> dict:
+        name, chash = p.name, p.config_hash
+        stage = p.make()
         stage_dir = self.run_dir / name
-        inputs = self._inputs(name, st, stage)
-        deps = [(p.name, sha) for p, sha in inputs]
+        done = read_success(stage_dir)
+        if done is not None and done.get("config_hash") == chash and name not in self._verified:
+            changes = verify_finished(stage_dir, done)
+            if changes:
+                for c in changes[:5]:
+                    self.log(f"[{name}] {c}")
+                if len(changes) > 5:
+                    self.log(f"[{name}] ... and {len(changes) - 5} more changes")
+                self.log(f"[{name}] finished stage changed on disk: resuming it (only changed work is redone)")
+                remove_unrecorded(stage_dir, done)
+                (stage_dir / SUCCESS).unlink()
+                done = None
+            else:
+                self._verified.add(name)
+        inputs = self._inputs(p, stage)
+        flat = [x for v in inputs.values() for x in v]
+        deps = [(path.name if len(inputs) == 1 else f"{k}/{path.name}", sha) for k, v in inputs.items() for path, sha in v]
         if isinstance(stage, GlobalStage):
             deps += stage.extra_inputs(self.run_dir)
         digest = _digest(deps)
-        done = read_success(stage_dir)
         if done is not None:
             if done.get("config_hash") == chash and done.get("inputs_digest") == digest:
                 self.log(f"[{name}] already finished: skipped")
@@ -212,108 +230,71 @@ class Runner:
             shutil.rmtree(stage_dir)
         elif self.force and stage_dir.exists():
             shutil.rmtree(stage_dir)
+        self._verified.discard(name)
         stage_dir.mkdir(parents=True, exist_ok=True)
         _clean_tmp(stage_dir)
         started, t0 = _now(), time.perf_counter()
         if isinstance(stage, GlobalStage):
-            body = self._run_global(name, st, stage, stage_dir, inputs)
+            phases = Phases(stage_dir, stable_hash(chash, digest), self.executor, name, self.log)
+            body = self._run_global(p, stage, stage_dir, inputs, phases)
         else:
-            body = self._run_map(name, cfg, chash, stage, stage_dir, inputs)
+            phases = Phases(stage_dir, chash, self.executor, name, self.log)
+            body = self._run_map(p, stage_dir, flat, phases)
         seconds = time.perf_counter() - t0
         manifest = {
             "stage": name,
-            "type": cls.name,
-            "stage_version": cls.version,
+            "type": p.type,
+            "stage_version": p.cls.version,
             "code_version": code_version(),
-            "config": cfg.model_dump(mode="json"),
+            "config": p.config.model_dump(mode="json"),
             "config_hash": chash,
             "executor": self.executor_name,
             "workers": self.workers,
-            "inputs": [{"path": str(p), "sha256": sha} for p, sha in inputs],
+            "inputs": [{"path": str(path), "sha256": sha} for path, sha in flat],
             "started_at": started,
             "finished_at": _now(),
             **body,
         }
+        events = self.executor.take_events() if hasattr(self.executor, "take_events") else []
+        if events:
+            manifest["retries"] = events
         manifest.setdefault("timings", {})
         manifest["timings"]["seconds"] = round(seconds, 3)
+        manifest["timings"]["phases"] = phases.timings
+        if any(phases.skipped.values()):
+            manifest["resumed"] = {k: v for k, v in phases.skipped.items() if v}
         if manifest.get("input_rows"):
             manifest["timings"]["docs_per_s"] = round(manifest["input_rows"] / max(seconds, 1e-9), 2)
         write_manifest(stage_dir, manifest)
         write_success(stage_dir, chash, digest)
+        if not getattr(p.config, "keep_work", False):
+            shutil.rmtree(stage_dir / WORK_DIR, ignore_errors=True)
+        self._verified.add(name)
         self._summary(name, manifest)
         return manifest
 
-    def _run_map(self, name, cfg, chash, stage, stage_dir, inputs) -> dict:
-        markers: dict[int, dict] = {}
-        tasks = []
-        for i, (p, sha) in enumerate(inputs):
-            m = marker_valid(stage_dir / SHARDS_DIR / f"{shard_name(i)}.json", chash, sha)
-            if m is not None:
-                markers[i] = m
-            else:
-                tasks.append({"index": i, "input": str(p), "input_sha": sha})
-        if markers:
-            self.log(f"[{name}] resuming: {len(markers)} of {len(inputs)} shards already done")
-        init = (cls_type(stage), cfg.model_dump(mode="json"), name, str(stage_dir), chash)
-        for _, marker in self.executor.map(ShardWorker, init, tasks, desc=name):
-            markers[marker["index"]] = marker
-        ordered = [markers[i] for i in range(len(inputs))]
-        n_in = sum(m["input"]["rows"] for m in ordered)
-        n_kept = sum(m["kept"] for m in ordered)
-        n_rej = sum(m["rejected"] for m in ordered)
-        check_conservation(n_in, n_kept, n_rej, f"stage {name}")
-        reasons: Counter = Counter()
-        for m in ordered:
-            reasons.update(m["reasons"])
-        return {
-            "input_rows": n_in,
-            "kept_rows": n_kept,
-            "rejected_rows": n_rej,
-            "reasons": dict(sorted(reasons.items())),
-            "conservation": {"ok": True, "input": n_in, "kept": n_kept, "rejected": n_rej},
-            "shards": [
-                {"index": m["index"], "input": m["input"], "kept": m["kept"], "rejected": m["rejected"]}
-                for m in ordered
-            ],
-            "outputs": [m["outputs"]["kept"] for m in ordered],
-            "rejected_outputs": [m["outputs"]["rejected"] for m in ordered],
-            "stats": sum_stats([m["stats"] for m in ordered]),
-            "timings": {"shard_seconds": round(sum(m["seconds"] for m in ordered), 3)},
-        }
-
-    def _run_global(self, name, st, stage: GlobalStage, stage_dir, inputs) -> dict:
-        stage.setup()
-        ctx = GlobalContext(
-            stage_name=name,
-            input_shards=[p for p, _ in inputs],
-            input_dir=(self.run_dir / st.input) if isinstance(st.input, str) else None,
-            out_dir=stage_dir,
-            run_dir=self.run_dir,
-            executor=self.executor,
-            workers=self.workers,
-        )
-        body = dict(stage.run(ctx))
-        if body.get("conservation") == "n/a":
-            if "accounting" not in body:
-                raise ConfigError(f"stage {name!r} opted out of conservation without an 'accounting' entry")
-        else:
-            for k in ("input_rows", "kept_rows", "rejected_rows"):
-                if k not in body:
-                    raise ConfigError(f"stage {name!r} returned no {k!r} in its manifest body")
-            check_conservation(body["input_rows"], body["kept_rows"], body["rejected_rows"], f"stage {name}")
-            body["conservation"] = {
-                "ok": True,
-                "input": body["input_rows"],
-                "kept": body["kept_rows"],
-                "rejected": body["rejected_rows"],
-            }
-        body.setdefault("outputs", [
-            {"path": str(p), "sha256": sha256_file(p)} for p in sorted(stage_dir.glob("part-*.parquet"))
-        ])
+    def _run_map(self, p: PlannedStage, stage_dir: Path, inputs: list[tuple[Path, str]], phases: Phases) -> dict:
+        tasks = [{"index": i, "input": str(path), "input_sha": sha} for i, (path, sha) in enumerate(inputs)]
+        init = (p.type, p.config.model_dump(mode="json"), p.name, str(stage_dir))
+        markers = phases.map("shards", ShardWorker, init, tasks, marker_dir=stage_dir / SHARDS_DIR,
+                             marker_names=[shard_name(i) for i in range(len(tasks))])
+        body = sum_shards(markers, f"stage {p.name}")
+        body["conservation"] = {"ok": True, "input": body["input_rows"], "kept": body["kept_rows"],
+                                "rejected": body["rejected_rows"]}
+        body["stats"] = sum_stats([m["stats"] for m in markers])
+        body["timings"] = {"shard_seconds": round(sum(m.get("seconds", 0.0) for m in markers), 3)}
         return body
 
+    def _run_global(self, p: PlannedStage, stage: GlobalStage, stage_dir: Path,
+                    inputs: dict[str, list[tuple[Path, str]]], phases: Phases) -> dict:
+        names = p.spec.input_stages
+        return run_global_stage(
+            stage, {n: [path for path, _ in inputs[n]] for n in names}, stage_dir, self.executor,
+            workers=self.workers, run_dir=self.run_dir, phases=phases, cleanup=False,
+        )
+
     def _summary(self, name: str, m: dict) -> None:
-        if "input_rows" in m:
+        if m.get("input_rows") or m.get("conservation") != "n/a":
             reasons = ", ".join(f"{k}={v}" for k, v in sorted(m.get("reasons", {}).items(), key=lambda kv: -kv[1]))
             rate = m.get("timings", {}).get("docs_per_s")
             self.log(
@@ -329,12 +310,81 @@ class Runner:
             self._executor.close()
 
 
-def cls_type(stage: Stage) -> str:
-    """The stage type string that ``load_stage_class`` maps back to the stage's class."""
-    mod = type(stage).__module__
-    if not mod.startswith("stages."):
-        raise ConfigError(f"stage class {type(stage).__name__} must live in the stages package")
-    return mod[len("stages."):]
+def run_global_stage(
+    stage: GlobalStage,
+    inputs: dict[str, list[Path]] | list[Path],
+    out_dir: str | Path,
+    executor: Executor,
+    workers: int | None = None,
+    run_dir: str | Path | None = None,
+    phases: Phases | None = None,
+    log=lambda *_: None,
+    cleanup: bool = True,
+) -> dict:
+    """Run one global stage and return its manifest body (counts, outputs, stage figures).
+
+    The runner calls this inside a pipeline; tests and benchmarks call it directly on shards
+    (``inputs`` a list of shard paths, or ``{stage name: [paths]}``). ``cleanup`` removes
+    ``_work/`` at the end unless the config says ``keep_work``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not isinstance(inputs, dict):
+        inputs = {"input": [Path(x) for x in inputs]}
+    names = list(inputs)
+    first = inputs[names[0]] if names else []
+    if phases is None:
+        phases = Phases(out_dir, stable_hash(stage.name, stage.config.model_dump(mode="json")), executor,
+                        stage.stage_name, log)
+    stage.setup()
+    ctx = GlobalContext(
+        stage_name=stage.stage_name,
+        input_shards=list(first),
+        input_dir=Path(first[0]).parent if first else None,
+        out_dir=out_dir,
+        run_dir=Path(run_dir) if run_dir is not None else out_dir.parent,
+        executor=executor,
+        workers=workers or executor.workers,
+        phases=phases,
+        inputs={n: list(v) for n, v in inputs.items()},
+        input_dirs={n: (Path(run_dir) / n if run_dir is not None else Path(v[0]).parent if v else out_dir)
+                    for n, v in inputs.items()},
+    )
+    res = stage.run(ctx)
+    if not isinstance(res, GlobalResult):
+        raise ConfigError(f"stage {stage.stage_name!r}: run() returned {type(res).__name__}, not a GlobalResult")
+    body: dict[str, Any] = {
+        "input_rows": res.input_rows,
+        "kept_rows": res.kept_rows,
+        "rejected_rows": res.rejected_rows,
+        "reasons": dict(sorted(res.reasons.items())),
+    }
+    if res.accounting is not None:
+        body["conservation"] = "n/a"
+        body["accounting"] = res.accounting
+    else:
+        check_conservation(res.input_rows, res.kept_rows, res.rejected_rows, f"stage {stage.stage_name}")
+        body["conservation"] = {"ok": True, "input": res.input_rows, "kept": res.kept_rows,
+                                "rejected": res.rejected_rows}
+    if res.shards:
+        body["shards"] = res.shards
+    body["outputs"] = res.outputs
+    if res.rejected_outputs:
+        body["rejected_outputs"] = res.rejected_outputs
+    body.update(res.extra)
+    body["timings"] = {"phases": dict(phases.timings)}
+    if cleanup and not getattr(stage.config, "keep_work", False):
+        shutil.rmtree(out_dir / WORK_DIR, ignore_errors=True)
+    return body
+
+
+def _os_error_line(stage: str, out: Path, e: OSError) -> str:
+    what = os.strerror(e.errno) if e.errno else str(e)
+    target = e.filename or out
+    hint = {28: "free space on that file system or use another --run directory",
+            30: "the run directory is read-only: use a writable --run directory",
+            13: "check the permissions of the run directory"}.get(e.errno or 0, "see the message above")
+    return f"stage {stage!r}: cannot write {target}: {what} ({hint})"
 
 
 def run_pipeline(
@@ -345,10 +395,14 @@ def run_pipeline(
     stages: list[str] | None = None,
     force: bool = False,
     log=print,
+    where: str | None = None,
 ) -> dict[str, dict]:
-    """Run (or resume) a pipeline into ``run_dir``; returns each stage's manifest."""
-    runner = Runner(pipeline, run_dir, executor=executor, workers=workers, force=force, log=log)
+    """Validate, then run (or resume) a pipeline into ``run_dir``; returns each stage's manifest."""
+    runner = Runner(pipeline, run_dir, executor=executor, workers=workers, force=force, log=log, where=where)
     try:
         return runner.run(stages)
     finally:
         runner.close()
+
+
+__all__ = ["Runner", "ShardWorker", "run_pipeline", "code_version", "upstream_of", "CurateError"]

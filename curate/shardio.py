@@ -11,6 +11,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import xxhash
 
 from .errors import ShardError, WriteError
 
@@ -23,6 +24,44 @@ def sha256_file(path: str | os.PathLike, bufsize: int = 1 << 20) -> str:
         while chunk := f.read(bufsize):
             h.update(chunk)
     return h.hexdigest()
+
+
+def fast_hash_file(path: str | os.PathLike, bufsize: int = 1 << 20) -> str:
+    """xxh3-128 of a file: what a rerun checks (with the size) before trusting an output."""
+    h = xxhash.xxh3_128()
+    with open(path, "rb") as f:
+        while chunk := f.read(bufsize):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _hashes(path: Path, bufsize: int = 1 << 20) -> tuple[str, str]:
+    s, x = hashlib.sha256(), xxhash.xxh3_128()
+    with open(path, "rb") as f:
+        while chunk := f.read(bufsize):
+            s.update(chunk)
+            x.update(chunk)
+    return s.hexdigest(), x.hexdigest()
+
+
+def file_changed(info: dict, base: str | os.PathLike | None = None) -> str | None:
+    """Why the file recorded in ``info`` (``path``, ``bytes``, ``xxh3`` or ``sha256``) no
+    longer matches, or None when it does. Relative paths resolve against ``base``."""
+    p = Path(info["path"])
+    if base is not None and not p.is_absolute():
+        p = Path(base) / p
+    try:
+        size = p.stat().st_size
+    except OSError:
+        return f"{p} is missing"
+    if info.get("bytes") is not None and size != info["bytes"]:
+        return f"{p} changed size ({info['bytes']} -> {size} bytes)"
+    if info.get("xxh3"):
+        if fast_hash_file(p) != info["xxh3"]:
+            return f"{p} changed content (checksum differs)"
+    elif info.get("sha256") and sha256_file(p) != info["sha256"]:
+        return f"{p} changed content (checksum differs)"
+    return None
 
 
 def write_error(path: Path, tmp: Path, e: OSError) -> WriteError:
@@ -54,8 +93,9 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via ``path.tmp`` + fsync + rename."""
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> dict:
+    """Write ``data`` to ``path`` via ``path.tmp`` + fsync + rename; returns ``{"path",
+    "bytes", "xxh3"}`` (hashed from memory: what the phase engine checks on resume)."""
     path = Path(path)
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     try:
@@ -68,6 +108,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     except OSError as e:
         raise write_error(path, tmp, e) from e
     _fsync_dir(path.parent)
+    return {"path": str(path), "bytes": len(data), "xxh3": xxhash.xxh3_128_hexdigest(data)}
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -87,7 +128,7 @@ def write_parquet(table: pa.Table, path: str | os.PathLike, row_group_size: int 
     except OSError as e:
         raise write_error(path, tmp, e) from e
     _fsync_dir(path.parent)
-    return {"path": str(path), "rows": table.num_rows, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+    return file_info(path, table.num_rows)
 
 
 def read_parquet(path: str | os.PathLike, columns: list[str] | None = None) -> pa.Table:
@@ -99,5 +140,7 @@ def read_parquet(path: str | os.PathLike, columns: list[str] | None = None) -> p
 
 
 def file_info(path: str | os.PathLike, rows: int | None = None) -> dict:
+    """``{"path", "rows", "sha256", "xxh3", "bytes"}`` of a written file (one read)."""
     path = Path(path)
-    return {"path": str(path), "rows": rows, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+    sha, x = _hashes(path)
+    return {"path": str(path), "rows": rows, "sha256": sha, "xxh3": x, "bytes": path.stat().st_size}

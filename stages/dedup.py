@@ -1,7 +1,7 @@
 """dedup: exact and MinHash-LSH near-duplicate removal, global across all shards.
 
-The stage runs in phases, each a map over tasks through ``ctx.executor`` (Ray or local) except
-the connected components, which run on the driver:
+The stage runs in phases of the phase engine (``ctx.phases``), each a map over tasks through
+the executor (Ray or local) except the connected components, a step on the driver:
 
 1. ``signature`` (one task per input shard): normalised-text hash and MinHash signature of
    every document. The LSH band keys and the exact hashes go into one file per shard, split
@@ -29,8 +29,8 @@ with ``higher_score_is_better: false``; when the shards have that column; missin
 rank last), then the lowest ``id``. Clusters are connected components, so a document can be
 removed as a duplicate of a kept twin it reaches only through another member (the manifest's
 ``cluster_size_histogram`` shows how large clusters get). Every phase writes its files
-atomically plus a marker under ``_work/``; a rerun skips finished tasks (a changed config or
-input clears ``_work/``). ``_work/`` is removed at the end unless ``keep_work``.
+atomically and lists them in its result; the engine's markers let a rerun skip finished tasks
+whose files still match. ``_work/`` is removed at the end unless ``keep_work``.
 
 Memory: a ``signature`` or ``filter`` task holds one input shard (its text, and its shingle
 sets at 8 bytes per shingle); a ``bucket`` task one partition of band rows; a ``verify`` task
@@ -40,8 +40,6 @@ defaults to enough for about ``partition_mb`` per partition.
 
 from __future__ import annotations
 
-import json
-import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -54,17 +52,22 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import field_validator, model_validator
 
-from curate.config import StageConfig, config_hash
+from curate.config import StageConfig
 from curate.errors import ConservationError, ShardError
-from curate.manifest import check_conservation, shard_name
+from curate.reasons import declare
 from curate.schema import make_rejected
-from curate.shardio import atomic_write_bytes, atomic_write_json, read_parquet, write_parquet
-from curate.stage import GlobalContext, GlobalStage
+from curate.shardio import atomic_write_bytes, read_parquet
+from curate.shards import sum_shards, write_shard
+from curate.stage import GlobalContext, GlobalResult, GlobalStage
 from filters import minhash as mh
 
 EXACT = "dedup.exact_duplicate"
 NEAR = "dedup.minhash_duplicate"
-WORK = "_work"
+declare("dedup", {
+    "exact_duplicate": "same normalised text as the kept document named in detail",
+    "minhash_duplicate": "near-duplicate (exact Jaccard of shingle sets >= threshold, connected through verified "
+    "pairs) of the kept document named in detail",
+})
 _ROW_MASK = np.uint64(0xFFFFFFFF)
 _PAIR_MIX = np.uint64(0x9E3779B97F4A7C15)
 _BAND_ROW_BYTES = 40  # one band (or exact) row in a partition: part, kind, key, key2, ref
@@ -96,7 +99,8 @@ class DedupConfig(StageConfig):
             at least one per worker. The kept set does not depend on it.
         partition_mb: target size of one partition when ``partitions`` is None.
         score_column: keep the best value of this column in each cluster when the shards have
-            it (None: ignore scores); ties and missing scores fall back to the lowest id.
+            it (e.g. ``ppl`` from the perplexity stage, with ``higher_score_is_better: false``;
+            None: ignore scores); ties and missing scores fall back to the lowest id.
         higher_score_is_better: False for columns where lower is better (``ppl``).
         batch_chars: characters of text hashed per batch (bounds worker memory).
         keep_work: keep ``_work/`` (intermediate files) after the stage finishes.
@@ -120,7 +124,7 @@ class DedupConfig(StageConfig):
     bucket_window: int = 64
     partitions: int | None = None
     partition_mb: int = 256
-    score_column: str | None = "quality_score"
+    score_column: str | None = None
     higher_score_is_better: bool = True
     batch_chars: int = 2_000_000
     keep_work: bool = False
@@ -282,7 +286,7 @@ def _read_refs(path: Path, want: np.ndarray, columns: list[str]) -> pa.Table:
 
 def _write_work(
     path: Path, table: pa.Table, groups: np.ndarray | None = None, n_groups: int = 0, row_group_size: int = 1 << 20
-) -> None:
+) -> dict:
     """Write a work file atomically, uncompressed (it holds hashes, which do not compress).
 
     With ``groups`` (the table's ``part`` column) the rows are sorted by group and each group
@@ -300,7 +304,7 @@ def _write_work(
             for g in range(n_groups):
                 if bounds[g + 1] > bounds[g]:
                     w.write_table(table.slice(bounds[g], bounds[g + 1] - bounds[g]), row_group_size=1 << 30)
-    atomic_write_bytes(path, memoryview(sink.getvalue()))
+    return atomic_write_bytes(path, memoryview(sink.getvalue()))
 
 
 def _read_sets(path: Path, start: np.ndarray, count: np.ndarray) -> np.ndarray:
@@ -322,13 +326,6 @@ def _read_sets(path: Path, start: np.ndarray, count: np.ndarray) -> np.ndarray:
 
 def _read_group(path: Path, g: int, columns: list[str] | None = None) -> pa.Table:
     return _read_where(path, "part", g, g, columns)
-
-
-def _marker(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 # --------------------------------------------------------------------------- workers
@@ -395,14 +392,14 @@ class SignatureWorker(_Worker):
                 "ref": _u64(np.concatenate([krefs, xrefs])),
             }
         )
-        _write_work(self.work / "bands" / f"s{s:05d}.parquet", bands, part, plan.partitions)
+        files = [_write_work(self.work / "bands" / f"s{s:05d}.parquet", bands, part, plan.partitions)]
         counts = cat(set_counts, np.int64)
         offsets = np.zeros(n + 1, np.int64)
         np.cumsum(counts, out=offsets[1:])
         # The set values go into a flat little-endian uint64 file (a nested Parquet list column
         # cost more to encode than all the hashing); the Parquet file indexes it per document.
         values = cat(set_values).astype("<u8", copy=False)
-        atomic_write_bytes(self.work / "sets" / f"s{s:05d}.u64", memoryview(values).cast("B"))
+        files.append(atomic_write_bytes(self.work / "sets" / f"s{s:05d}.u64", memoryview(values).cast("B")))
         sets = pa.table(
             {
                 "ref": _u64(refs),
@@ -414,7 +411,7 @@ class SignatureWorker(_Worker):
                 "count": pa.array(counts, pa.int64()),
             }
         )
-        _write_work(self.work / "sets" / f"s{s:05d}.parquet", sets, row_group_size=1024)
+        files.append(_write_work(self.work / "sets" / f"s{s:05d}.parquet", sets, row_group_size=1024))
         marker = {
             "shard": s,
             "rows": n,
@@ -422,8 +419,8 @@ class SignatureWorker(_Worker):
             "band_rows": int(keys.shape[0]),
             "shingles": int(offsets[-1]),
             "seconds": round(time.perf_counter() - t0, 3),
+            "files": files,
         }
-        atomic_write_json(self.work / "signature" / f"s{s:05d}.json", marker)
         return marker
 
 
@@ -445,13 +442,15 @@ class BucketWorker(_Worker):
         bucket_sizes = mh.sorted_unique(key[band], return_counts=True)[1]
         Q = plan.partitions
         q = (mh.fmix64(pa_ ^ (pb * _PAIR_MIX)) % np.uint64(Q)).astype(np.uint32)
-        _write_work(
-            self.work / "pairs" / f"p{p:04d}.parquet",
-            pa.table({"part": pa.array(q, pa.uint32()), "a": _u64(pa_), "b": _u64(pb)}),
-            q,
-            Q,
-        )
-        _write_work(self.work / "xedges" / f"p{p:04d}.parquet", pa.table({"a": _u64(xa), "b": _u64(xb)}))
+        files = [
+            _write_work(
+                self.work / "pairs" / f"p{p:04d}.parquet",
+                pa.table({"part": pa.array(q, pa.uint32()), "a": _u64(pa_), "b": _u64(pb)}),
+                q,
+                Q,
+            ),
+            _write_work(self.work / "xedges" / f"p{p:04d}.parquet", pa.table({"a": _u64(xa), "b": _u64(xb)})),
+        ]
         marker = {
             "partition": p,
             "band_rows": int(band.sum()),
@@ -461,8 +460,8 @@ class BucketWorker(_Worker):
             "candidate_pairs": int(pa_.shape[0]),
             "exact_edges": int(xa.shape[0]),
             "seconds": round(time.perf_counter() - t0, 3),
+            "files": files,
         }
-        atomic_write_json(self.work / "bucket" / f"p{p:04d}.json", marker)
         return marker
 
 
@@ -497,7 +496,7 @@ class VerifyWorker(_Worker):
         values = np.concatenate(values) if values else np.empty(0, np.uint64)
         jac = mh.jaccard_pairs(values, offsets, np.searchsorted(nodes, a), np.searchsorted(nodes, b))
         keep = jac >= cfg.threshold - 1e-12
-        _write_work(
+        edges = _write_work(
             self.work / "edges" / f"q{q:04d}.parquet",
             pa.table({"a": _u64(a[keep]), "b": _u64(b[keep]), "jaccard": pa.array(jac[keep], pa.float32())}),
         )
@@ -511,8 +510,8 @@ class VerifyWorker(_Worker):
                 for lo, hi, c in zip(_JACCARD_BINS[:-1], _JACCARD_BINS[1:], hist)
             },
             "seconds": round(time.perf_counter() - t0, 3),
+            "files": [edges],
         }
-        atomic_write_json(self.work / "verify" / f"q{q:04d}.json", marker)
         return marker
 
 
@@ -536,20 +535,9 @@ class FilterWorker(_Worker):
             dec.column("reason").to_pylist(),
             dec.column("keeper_id").to_pylist(),
         )
-        check_conservation(n, kept.num_rows, rejected.num_rows, f"stage {plan.stage} shard {s}")
-        name = shard_name(s)
-        kinfo = write_parquet(kept, out / f"{name}.parquet")
-        rinfo = write_parquet(rejected, out / "rejected" / f"{name}.parquet")
-        marker = {
-            "index": s,
-            "input": {"path": plan.inputs[s], "rows": n},
-            "kept": kept.num_rows,
-            "rejected": rejected.num_rows,
-            "reasons": dict(sorted(Counter(dec.column("reason").to_pylist()).items())),
-            "outputs": {"kept": kinfo, "rejected": rinfo},
-            "seconds": round(time.perf_counter() - t0, 3),
-        }
-        atomic_write_json(self.work / "filter" / f"s{s:05d}.json", marker)
+        marker = write_shard(out, s, kept, rejected, n, where=f"stage {plan.stage} shard {s}",
+                             input_info={"path": plan.inputs[s]})
+        marker["seconds"] = round(time.perf_counter() - t0, 3)
         return marker
 
 
@@ -640,7 +628,7 @@ def resolve(work: Path, partitions: int, exact: bool, higher_is_better: bool = T
             "reason": pa.array(reasons.tolist(), pa.string()),
         }
     )
-    _write_work(work / "decisions.parquet", dec, row_group_size=65536)
+    dec_info = _write_work(work / "decisions.parquet", dec, row_group_size=65536)
     sizes = np.bincount(labels) if labels.size else np.empty(0, np.int64)
     sizes = sizes[sizes > 0]
     hist = Counter(sizes.tolist())
@@ -652,8 +640,8 @@ def resolve(work: Path, partitions: int, exact: bool, higher_is_better: bool = T
         "largest_cluster": int(sizes.max()) if sizes.size else 0,
         "cluster_size_histogram": {str(k): v for k, v in sorted(hist.items())},
         "removed": int(removed.shape[0]),
+        "files": [dec_info],
     }
-    atomic_write_json(work / "decisions.json", summary)
     return summary
 
 
@@ -687,100 +675,40 @@ class DedupStage(GlobalStage):
                 total += sum(meta.row_group(g).column(j).total_uncompressed_size for g in range(meta.num_row_groups))
         return max(1, workers, -(-total // (self.config.partition_mb << 20)))
 
-    def _prepare_work(self, ctx: GlobalContext, plan_id: dict) -> Path:
-        work = ctx.out_dir / WORK
-        params = work / "params.json"
-        if work.exists() and _marker(params) != plan_id:
-            shutil.rmtree(work)
-        if not work.exists():
-            for p in ctx.out_dir.glob("part-*.parquet"):
-                p.unlink()
-            for p in (ctx.out_dir / "rejected").glob("part-*.parquet"):
-                p.unlink()
-        work.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(params, plan_id)
-        return work
-
-    def _phase(self, ctx, worker, plan, tasks: list[dict], marker_of, desc: str) -> list[dict]:
-        done, todo = {}, []
-        for i, task in enumerate(tasks):
-            m = _marker(marker_of(task))
-            if m is not None:
-                done[i] = m
-            else:
-                todo.append(i)
-        todo_tasks = [tasks[i] for i in todo]
-        for j, res in ctx.executor.map(worker, (plan,), todo_tasks, desc=f"{ctx.stage_name}: {desc}"):
-            done[todo[j]] = res
-        return [done[i] for i in range(len(tasks))]
-
-    def run(self, ctx: GlobalContext) -> dict[str, Any]:
+    def run(self, ctx: GlobalContext) -> GlobalResult:
         cfg: DedupConfig = self.config
-        timings: dict[str, float] = {}
         bands, rows = self.lsh_shape() if cfg.minhash else (0, 0)
         inputs = tuple(str(Path(p).resolve()) for p in ctx.input_shards)
         S, P = len(inputs), self.partitions(inputs, bands, ctx.workers)
-        plan_id = {
-            "config_hash": config_hash(cfg),
-            "version": self.version,
-            "work_format": 2,  # 2: shingle sets in flat .u64 files; older _work/ is cleared, not resumed
-            "bands": bands,
-            "rows": rows,
-            "partitions": P,
-            "inputs": [[p, Path(p).stat().st_size, Path(p).stat().st_mtime_ns] for p in inputs],
-        }
         if S == 0:
-            return {"input_rows": 0, "kept_rows": 0, "rejected_rows": 0, "reasons": {}, "shards": [], "outputs": [],
-                    "rejected_outputs": [], "clusters": {"clusters": 0, "documents_in_clusters": 0,
-                                                         "largest_cluster": 0, "cluster_size_histogram": {}}}
-        work = self._prepare_work(ctx, plan_id)
+            return GlobalResult(extra={"clusters": {"clusters": 0, "documents_in_clusters": 0, "largest_cluster": 0,
+                                                    "cluster_size_histogram": {}}})
+        work = ctx.work_dir
+        work.mkdir(parents=True, exist_ok=True)
         plan = Plan(
             cfg.model_dump(mode="json"), bands, rows, P, inputs, str(work.resolve()), str(ctx.out_dir.resolve()),
             ctx.stage_name,
         )
         shards = [{"shard": s} for s in range(S)]
         parts = [{"partition": p} for p in range(P)]
+        # work_format 2: shingle sets in flat .u64 files
+        shape = {"work_format": 2, "bands": bands, "rows": rows, "partitions": P}
+        ph = ctx.phases
+        sig = ph.map("signature", SignatureWorker, (plan,), shards, key=shape, desc=f"{ctx.stage_name}: signatures")
+        buck = ph.map("bucket", BucketWorker, (plan,), parts, desc=f"{ctx.stage_name}: buckets")
+        ver = ph.map("verify", VerifyWorker, (plan,), parts, desc=f"{ctx.stage_name}: verify")
+        summary = ph.step("components", lambda: resolve(work, P, cfg.exact, cfg.higher_score_is_better))
+        filt = ph.map("filter", FilterWorker, (plan,), shards, desc=f"{ctx.stage_name}: filter")
 
-        def timed(name, fn):
-            t = time.perf_counter()
-            r = fn()
-            timings[name] = round(time.perf_counter() - t, 3)
-            return r
-
-        sig = timed("signature", lambda: self._phase(
-            ctx, SignatureWorker, plan, shards, lambda t: work / "signature" / f"s{t['shard']:05d}.json", "signatures"))
-        buck = timed("bucket", lambda: self._phase(
-            ctx, BucketWorker, plan, parts, lambda t: work / "bucket" / f"p{t['partition']:04d}.json", "buckets"))
-        ver = timed("verify", lambda: self._phase(
-            ctx, VerifyWorker, plan, parts, lambda t: work / "verify" / f"q{t['partition']:04d}.json", "verify"))
-        summary = _marker(work / "decisions.json") if (work / "decisions.parquet").exists() else None
-        if summary is None:
-            summary = timed("components", lambda: resolve(work, P, cfg.exact, cfg.higher_score_is_better))
-        filt = timed("filter", lambda: self._phase(
-            ctx, FilterWorker, plan, shards, lambda t: work / "filter" / f"s{t['shard']:05d}.json", "filter"))
-
-        n_in = sum(m["input"]["rows"] for m in filt)
-        n_kept = sum(m["kept"] for m in filt)
-        n_rej = sum(m["rejected"] for m in filt)
-        check_conservation(n_in, n_kept, n_rej, f"stage {ctx.stage_name}")
-        if n_rej != summary["removed"]:
-            raise ConservationError(f"stage {ctx.stage_name}: {summary['removed']} dedup decisions but {n_rej} rejected rows")
-        reasons: Counter = Counter()
-        for m in filt:
-            reasons.update(m["reasons"])
+        totals = sum_shards(filt, f"stage {ctx.stage_name}")
+        if totals["rejected_rows"] != summary["removed"]:
+            raise ConservationError(
+                f"stage {ctx.stage_name}: {summary['removed']} dedup decisions but {totals['rejected_rows']} rejected rows"
+            )
         hist: Counter = Counter()
         for m in ver:
             hist.update(m["candidate_jaccard_histogram"])
-        body: dict[str, Any] = {
-            "input_rows": n_in,
-            "kept_rows": n_kept,
-            "rejected_rows": n_rej,
-            "reasons": dict(sorted(reasons.items())),
-            "shards": [
-                {"index": m["index"], "input": m["input"], "kept": m["kept"], "rejected": m["rejected"]} for m in filt
-            ],
-            "outputs": [m["outputs"]["kept"] for m in filt],
-            "rejected_outputs": [m["outputs"]["rejected"] for m in filt],
+        extra: dict[str, Any] = {
             "clusters": {k: summary[k] for k in ("clusters", "documents_in_clusters", "largest_cluster",
                                                  "cluster_size_histogram")},
             "lsh": {
@@ -810,11 +738,17 @@ class DedupStage(GlobalStage):
                 "edges": summary["edges_verified"] + summary["edges_exact"],
                 "nodes": summary["documents_in_clusters"],
             },
-            "timings": {"phases": timings},
         }
-        if not cfg.keep_work:
-            shutil.rmtree(work, ignore_errors=True)
-        return body
+        return GlobalResult(
+            input_rows=totals["input_rows"],
+            kept_rows=totals["kept_rows"],
+            rejected_rows=totals["rejected_rows"],
+            reasons=totals["reasons"],
+            shards=totals["shards"],
+            outputs=totals["outputs"],
+            rejected_outputs=totals["rejected_outputs"],
+            extra=extra,
+        )
 
 
 STAGE = DedupStage

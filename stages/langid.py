@@ -21,6 +21,13 @@ from pydantic import field_validator, model_validator
 from curate.config import StageConfig
 from curate.schema import make_rejected, split_by_mask
 from curate.stage import MapStage, ShardResult
+from curate.reasons import declare
+
+REASONS = declare("langid", {
+    "empty_text": "the document has no text to identify",
+    "unwanted_lang": "the identified language is not in allowed_langs",
+    "low_score": "the language score is below the minimum for that language",
+})
 from filters.langid import DEFAULT_GROUP_BELOW, DEFAULT_GROUPS, LanguageIdentifier
 
 TOP_TYPE = pa.list_(pa.struct([pa.field("lang", pa.string()), pa.field("score", pa.float32())]))

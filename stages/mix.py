@@ -30,10 +30,8 @@ vocabulary has fewer than 65536 ids, else uint32), ``meta.json``, ``tokenizer.js
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -47,9 +45,10 @@ from pydantic import Field, field_validator, model_validator
 
 from curate.config import StageConfig, build_config, config_hash, read_yaml_mapping
 from curate.errors import ConfigError
+from curate.reasons import declare
 from curate.schema import make_rejected, rejected_schema
-from curate.shardio import atomic_write_bytes, atomic_write_json, read_parquet, sha256_file, write_parquet
-from curate.stage import GlobalContext, GlobalStage
+from curate.shardio import atomic_write_bytes, atomic_write_json, file_info, read_parquet, sha256_file, write_parquet
+from curate.stage import GlobalContext, GlobalResult, GlobalStage
 from filters import bpe
 from filters.mixplan import MixPlan, SourceSupply, plan
 
@@ -59,6 +58,9 @@ INDEX_DTYPE = np.dtype(
     [("row", "<i8"), ("src", "<i2"), ("val", "u1"), ("off", "<i8"), ("len", "<i8"), ("key", "<u8")]
 )
 FORMAT = "curate-mixture/1"
+REASONS = declare("mix", {
+    "unassigned": "the document matches the predicate of no source of the mixture",
+})
 
 
 # ----------------------------------------------------------------------------- config
@@ -256,7 +258,7 @@ class TokenizeWorker:
             }
         unassigned = src < 0
         rej = table.filter(pa.array(unassigned))
-        rej = make_rejected(rej, "mix", ["mix.unassigned"] * rej.num_rows) if rej.num_rows else (
+        rej = make_rejected(rej, "mix", [REASONS["unassigned"]] * rej.num_rows) if rej.num_rows else (
             rejected_schema(table.schema).empty_table()
         )
         rej_info = write_parquet(rej, self.out / "rejected" / f"part-{i:05d}.parquet")
@@ -286,13 +288,13 @@ class TokenizeWorker:
         idx["val"] = (hvals >> np.uint64(11)) < np.uint64(int(self.mix.val_fraction * (1 << 53)))
         idx["key"] = np.fromiter((order_key(ids[r], self.mix.seed) for r in rows), dtype=np.uint64, count=len(rows))
 
-        per = []
+        per, hists = [], np.zeros((n_src, 1 << HIST_BITS), np.int64)
         for s in range(n_src):
             m = idx["src"] == s
             tr = m & (idx["val"] == 0)
             va = m & (idx["val"] == 1)
-            hist = np.bincount((idx["key"][tr] >> np.uint64(64 - HIST_BITS)).astype(np.int64),
-                               weights=idx["len"][tr], minlength=1 << HIST_BITS).astype(np.int64)
+            hists[s] = np.bincount((idx["key"][tr] >> np.uint64(64 - HIST_BITS)).astype(np.int64),
+                                   weights=idx["len"][tr], minlength=1 << HIST_BITS).astype(np.int64)
             cand = None
             if m.any():
                 j = np.flatnonzero(m)[np.argmin(hvals[m])]
@@ -304,26 +306,21 @@ class TokenizeWorker:
                 "train_tokens": int(idx["len"][tr].sum()),
                 "val_docs": int(va.sum()),
                 "val_tokens": int(idx["len"][va].sum()),
-                "hist": hist,
                 "min_val_hash": cand,
             })
-        idx_bytes = _npy_bytes(idx)
-        atomic_write_bytes(self.work / f"idx-{i:05d}.npy", idx_bytes)
-        result = {
+        idx_info = atomic_write_bytes(self.work / f"idx-{i:05d}.npy", _npy_bytes(idx))
+        # Per-source histograms of seeded keys (train tokens per bin): a work file, so that
+        # the driver's memory does not grow with the shard count.
+        hist_info = atomic_write_bytes(self.work / f"hist-{i:05d}.npy", _npy_bytes(hists))
+        return {
             "index": i,
-            "key": task["key"],
             "input_rows": len(src),
             "unassigned": int(unassigned.sum()),
             "overlap_docs": int(len(overlaps)),
             "sources": per,
             "rejected": rej_info,
-            "tokens_file": str(tok_path),
-            "tokens_sha256": sha256_file(tok_path),
-            "index_sha256": hashlib.sha256(idx_bytes).hexdigest(),
+            "files": [rej_info, file_info(tok_path), idx_info, hist_info],
         }
-        done = dict(result, sources=[dict(p, hist=p["hist"].tolist()) for p in per])
-        atomic_write_json(self.work / f"done-{i:05d}.json", done)
-        return result
 
 
 def _matches(where: str, one_row: pa.Table) -> bool:
@@ -338,26 +335,6 @@ def _npy_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, arr, allow_pickle=False)
     return buf.getvalue()
-
-
-def _load_done(work: Path, i: int, key: str) -> dict | None:
-    """A finished phase-1 shard whose key and files still match, else None."""
-    p = work / f"done-{i:05d}.json"
-    try:
-        d = json.loads(p.read_text())
-    except (OSError, ValueError):
-        return None
-    if d.get("key") != key:
-        return None
-    tok, idx = Path(d["tokens_file"]), work / f"idx-{i:05d}.npy"
-    rej = Path(d["rejected"]["path"])
-    if not (tok.exists() and idx.exists() and rej.exists()):
-        return None
-    if sha256_file(tok) != d["tokens_sha256"] or sha256_file(idx) != d["index_sha256"]:
-        return None
-    if sha256_file(rej) != d["rejected"]["sha256"]:
-        return None
-    return d
 
 
 # ----------------------------------------------------------------------------- tokenizer
@@ -550,40 +527,37 @@ class MixStage(GlobalStage):
         work.mkdir(parents=True, exist_ok=True)
         (out / "rejected").mkdir(exist_ok=True)
 
-        # Tokenizer: a trained one is reused on resume when the mixture is unchanged; a user's
-        # file is read again (its content, not its path, decides the hash).
-        mhash = config_hash(mix)
-        tok_json = None if mix.tokenizer.path else _resume_tokenizer(out, mhash)
-        if tok_json is None:
-            tok_json = prepare_tokenizer(mix, shards, out)
-            atomic_write_json(work / "tokenizer.key.json", {"mixture": mhash, "sha256": bpe.tokenizer_hash(tok_json)})
+        # Phase "tokenizer": trained on a sample (or a user's file, read again: its content, not
+        # its path, is in the stage's key through extra_inputs), written to tokenizer.json.
+        ph = ctx.phases
+        tres = ph.step("tokenizer", lambda: {"files": [_tokenizer_file(mix, shards, out)]})
+        tok_json = ph.file(tres["files"][0]).read_text(encoding="utf-8")
         thash = bpe.tokenizer_hash(tok_json)
         tok = bpe.load_tokenizer(tok_json)
         vocab = tok.get_vocab_size()
         dtype = bpe.token_dtype(vocab)
         eos = bpe.eos_id(tok, mix.tokenizer.eos_token)
 
-        # Phase 1: tokenise per shard (skipping shards finished by an earlier, interrupted run).
-        # Per-shard results are folded into per-source totals as they arrive (flat memory).
+        # Phase "tokenise": per shard; results are folded into per-source totals.
         names = list(mix.sources)
         totals = _new_totals(len(names))
-        keys = [_shard_key(mhash, thash, p) for p in shards]
-        results: dict[int, dict] = {}
-        tasks = []
-        for i, p in enumerate(shards):
-            d = _load_done(work, i, keys[i])
-            if d is not None:
-                results[i] = _fold(totals, d)
-            else:
-                tasks.append({"index": i, "path": str(p), "key": keys[i]})
+        tasks = [{"index": i, "path": str(p)} for i, p in enumerate(shards)]
         init = (tok_json, mix.model_dump(mode="json"), str(work), str(out), cfg.batch_docs)
-        for _, r in ctx.executor.map(TokenizeWorker, init, tasks, desc=f"{ctx.stage_name}: tokenise"):
-            results[r["index"]] = _fold(totals, r)
-        errors = [results[i]["error"] for i in sorted(results) if "error" in results[i]]
+        results = ph.map("tokenise", TokenizeWorker, init, tasks, desc=f"{ctx.stage_name}: tokenise")
+        errors = [r["error"] for r in results if "error" in r]
         if errors:
             raise ConfigError(f"{where}: {errors[0]}")
-        ordered = [results[i] for i in range(len(shards))]
+        ordered = [_fold(totals, r, work) for r in results]
+        mhash = config_hash(mix)
+        res = ph.step("pack", lambda: self._plan_and_pack(
+            work, out, shards, totals, ordered, names, mhash, thash, vocab, dtype, eos))
+        return GlobalResult(**res["result"])
 
+    def _plan_and_pack(self, work: Path, out: Path, shards: list[Path], totals: list[dict], ordered: list[dict],
+                       names: list[str], mhash: str, thash: str, vocab: int, dtype: np.dtype, eos: int) -> dict:
+        """Phases "pack" (a driver step): plan the epochs, pack the token files, write the reports."""
+        cfg: MixConfig = self.config  # type: ignore[assignment]
+        mix = cfg.mixture
         # Phase 2: plan.
         forced = _force_val(totals, mix.val_fraction)
         supplies = [
@@ -672,19 +646,18 @@ class MixStage(GlobalStage):
             "unassigned_docs": n_unassigned,
         }
         atomic_write_json(out / "meta.json", meta)
-        if not cfg.keep_work:
-            shutil.rmtree(work, ignore_errors=True)
 
         outputs = [
             {"path": str(out / f["path"]), "tokens": f["tokens"], "sha256": f["sha256"]}
             for f in meta["train"]["files"] + meta["val"]["files"]
         ] + [{"path": str(out / n), "sha256": sha256_file(out / n)} for n in ("meta.json", "sources.parquet", "tokenizer.json")]
-        return {
+        written = [file_info(p) for p in sorted(out.iterdir()) if p.is_file() and p.suffix in (".bin", ".npy", ".json",
+                                                                                               ".parquet")]
+        result = {
             "input_rows": n_in,
             "kept_rows": n_in - n_unassigned,
             "rejected_rows": n_unassigned,
-            "reasons": {"mix.unassigned": n_unassigned} if n_unassigned else {},
-            "conservation": "n/a",
+            "reasons": {REASONS["unassigned"]: n_unassigned} if n_unassigned else {},
             "accounting": {
                 "note": "documents are sampled by token weights with epochs, not kept/rejected; "
                 "every input document is assigned to one source or counted as unassigned "
@@ -695,33 +668,25 @@ class MixStage(GlobalStage):
                 "unassigned": n_unassigned,
                 "overlap_docs": sum(r["overlap_docs"] for r in ordered),
             },
-            "mixture": {
-                "budget_tokens": mplan.budget,
-                "tokenizer_sha256": thash,
-                "train_tokens": packed["train"].tokens,
-                "val_tokens": meta["val"]["tokens"],
-                "target_weights": {sp.name: sp.target_weight for sp in mplan.sources},
-                "achieved_weights": {sp.name: sp.achieved_weight for sp in mplan.sources},
+            "extra": {
+                "mixture": {
+                    "budget_tokens": mplan.budget,
+                    "tokenizer_sha256": thash,
+                    "train_tokens": packed["train"].tokens,
+                    "val_tokens": meta["val"]["tokens"],
+                    "target_weights": {sp.name: sp.target_weight for sp in mplan.sources},
+                    "achieved_weights": {sp.name: sp.achieved_weight for sp in mplan.sources},
+                },
             },
             "outputs": outputs,
             "rejected_outputs": [r["rejected"] for r in ordered],
         }
+        return {"result": result, "files": written}
 
 
-def _shard_key(mhash: str, thash: str, p: Path) -> str:
-    st = p.stat()
-    return f"{mhash}:{thash[:16]}:{p.name}:{st.st_size}:{st.st_mtime_ns}"
-
-
-def _resume_tokenizer(out: Path, mhash: str) -> str | None:
-    try:
-        key = json.loads((out / "_work" / "tokenizer.key.json").read_text())
-        blob = (out / "tokenizer.json").read_text(encoding="utf-8")
-    except (OSError, ValueError):
-        return None
-    if key.get("mixture") != mhash or key.get("sha256") != bpe.tokenizer_hash(blob):
-        return None
-    return blob
+def _tokenizer_file(mix: MixtureSpec, shards: list[Path], out: Path) -> dict:
+    prepare_tokenizer(mix, shards, out)
+    return file_info(out / "tokenizer.json")
 
 
 _COUNTS = ("docs", "tokens", "train_docs", "train_tokens", "val_docs", "val_tokens")
@@ -737,17 +702,18 @@ def _new_totals(n_src: int) -> list[dict]:
     return totals
 
 
-def _fold(totals: list[dict], r: dict) -> dict:
+def _fold(totals: list[dict], r: dict, work: Path) -> dict:
     """Add one shard's per-source counts, key histogram and lowest-val-hash document to ``totals``.
 
     Returns the shard's result without the per-source details (kept per shard for the manifest).
     """
     if "error" in r:
         return r
-    for t, s in zip(totals, r["sources"]):
+    hists = np.load(work / f"hist-{r['index']:05d}.npy", allow_pickle=False)
+    for t, s, h in zip(totals, r["sources"], hists):
         for k in _COUNTS:
             t[k] += s[k]
-        t["hist"] += np.asarray(s["hist"], dtype=np.int64)
+        t["hist"] += h
         if s["min_val_hash"] is not None:
             h, row, length, key = s["min_val_hash"]
             cand = (h, r["index"], row, length, key)

@@ -1,9 +1,9 @@
 """perplexity: KenLM perplexity per document and CCNet's head/middle/tail buckets.
 
-Two passes over the input shards, both through ``ctx.executor.map``:
+Two phases over the input shards, both maps through the phase engine:
 
-1. **score**: each worker loads the models once and returns, per shard, every document's
-   perplexity (NaN when its language has no model or it has no tokens);
+1. **score**: each worker loads the models once and writes, per shard, every document's
+   perplexity (NaN when its language has no model or it has no tokens) to ``_work/score``;
 2. **bucket**: the driver computes per-language cut-offs at ``percentiles`` (CCNet: 30th
    and 60th) of the corpus's perplexities (leaving out ``cutoff_exclude_sources``, e.g. the
    reference source the model memorised, unless a language has nothing else); each worker writes ``ppl`` and ``ppl_bucket``
@@ -13,16 +13,15 @@ Two passes over the input shards, both through ``ctx.executor.map``:
 
 Models come from a ``train-lm`` stage of the same run (``models_from``) and/or from the
 user (``model_paths``: language -> ARPA or binary KenLM file; these win). Reason codes:
-``quality.ppl_<bucket>`` for a dropped bucket, ``quality.ppl_no_model`` /
-``quality.ppl_empty`` for unscored documents when ``unscored: reject``.
+``perplexity.<bucket>`` for a dropped bucket, ``perplexity.no_model`` /
+``perplexity.empty`` for unscored documents when ``unscored: reject``.
 
-The driver holds one float per document between the passes (8 bytes each).
+The driver reads one float and the language per document to compute the cut-offs.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Literal
@@ -35,15 +34,23 @@ from pydantic import field_validator
 
 from curate.config import StageConfig
 from curate.errors import ConfigError
-from curate.manifest import check_conservation, shard_name
-from curate.schema import make_rejected, rejected_schema
+from curate.manifest import shard_name
+from curate.reasons import declare
+from curate.schema import make_rejected
 from curate.shardio import read_parquet, sha256_file, write_parquet
-from curate.stage import GlobalContext, GlobalStage
+from curate.shards import sum_shards, write_shard
+from curate.stage import GlobalContext, GlobalResult, GlobalStage
 from filters.kenlm_lm import Scorer
 from stages.train_lm import load_models_index
 
 BUCKETS = ("head", "middle", "tail")
-REASON_PREFIX = "quality"
+REASONS = declare("perplexity", {
+    "head": "perplexity in the head bucket (at or below the first per-language cut-off), a bucket not kept",
+    "middle": "perplexity in the middle bucket (between the two per-language cut-offs), a bucket not kept",
+    "tail": "perplexity in the tail bucket (above the second per-language cut-off), a bucket not kept",
+    "no_model": "no KenLM model for the document's language (unscored: reject)",
+    "empty": "the document has no tokens to score (unscored: reject)",
+})
 
 
 class PerplexityConfig(StageConfig):
@@ -94,11 +101,13 @@ def _langs(table: pa.Table, cfg: PerplexityConfig) -> list[str | None]:
 
 
 class ScoreWorker:
-    """Pass 1: perplexities of one shard (models load once per worker)."""
+    """Pass 1: perplexities of one shard (models load once per worker), written to a work
+    file with each document's language and whether it counts toward the cut-offs."""
 
-    def __init__(self, model_paths: dict[str, str], cfg: dict):
+    def __init__(self, model_paths: dict[str, str], cfg: dict, work_dir: str):
         self.cfg = PerplexityConfig.model_validate(cfg)
         self.scorer = Scorer(model_paths, self.cfg.normalize)
+        self.work = Path(work_dir)
 
     def __call__(self, task: dict) -> dict:
         lang_col = self.cfg.lang_column
@@ -112,17 +121,38 @@ class ScoreWorker:
             if p is not None:
                 ppl[i] = p
         excluded = set(self.cfg.cutoff_exclude_sources) | set(self.cfg.exempt_sources)
-        by_lang: dict[str, list[float]] = {}
-        by_lang_excluded: dict[str, list[float]] = {}
-        for lang, src, p in zip(langs, table.column("source").to_pylist(), ppl):
-            if lang is not None and not math.isnan(p):
-                (by_lang_excluded if src in excluded else by_lang).setdefault(lang, []).append(float(p))
-        return {
-            "index": task["index"],
-            "ppl": ppl,
-            "by_lang": {k: np.array(v) for k, v in by_lang.items()},
-            "by_lang_excluded": {k: np.array(v) for k, v in by_lang_excluded.items()},
-        }
+        scores = pa.table({
+            "ppl": pa.array(ppl, pa.float64()),
+            "lang": pa.array(langs, pa.string()),
+            "excluded": pa.array([s in excluded for s in table.column("source").to_pylist()], pa.bool_()),
+        })
+        info = write_parquet(scores, self.work / "score" / f"{shard_name(task['index'])}.parquet")
+        return {"index": task["index"], "scored": int((~np.isnan(ppl)).sum()), "files": [info]}
+
+
+def cutoffs_of(score_files: list[Path], percentiles: tuple[float, float]) -> tuple[dict, dict]:
+    """Per-language cut-offs over the scored documents; a language whose documents all come
+    from excluded sources falls back to those. Returns (cut-offs, documents used)."""
+    by_lang: dict[str, list[np.ndarray]] = {}
+    by_lang_excluded: dict[str, list[np.ndarray]] = {}
+    for f in score_files:
+        t = read_parquet(f)
+        ppl = t.column("ppl").to_numpy(zero_copy_only=False)
+        langs = np.array(t.column("lang").to_pylist(), dtype=object)
+        excl = t.column("excluded").to_numpy(zero_copy_only=False)
+        ok = ~np.isnan(ppl) & (langs != None)  # noqa: E711
+        for lang in sorted(set(langs[ok].tolist())):
+            sel = ok & (langs == lang)
+            for target, mask in ((by_lang, sel & ~excl), (by_lang_excluded, sel & excl)):
+                if mask.any():
+                    target.setdefault(lang, []).append(ppl[mask])
+    cutoffs: dict[str, list[float]] = {}
+    docs: dict[str, int] = {}
+    for lang in sorted(set(by_lang) | set(by_lang_excluded)):
+        values = np.concatenate(by_lang.get(lang) or by_lang_excluded[lang])
+        docs[lang] = int(values.size)
+        cutoffs[lang] = [float(x) for x in np.percentile(values, list(percentiles))]
+    return cutoffs, docs
 
 
 def bucket_of(ppl: float, cuts: tuple[float, float] | None) -> str | None:
@@ -139,8 +169,9 @@ def bucket_of(ppl: float, cuts: tuple[float, float] | None) -> str | None:
 class BucketWorker:
     """Pass 2: add ``ppl``/``ppl_bucket`` to one shard and split it into kept and rejected."""
 
-    def __init__(self, out_dir: str, cfg: dict, model_langs: list[str], cutoffs: dict):
+    def __init__(self, out_dir: str, cfg: dict, model_langs: list[str], cutoffs: dict, work_dir: str):
         self.out_dir = Path(out_dir)
+        self.work = Path(work_dir)
         self.cfg = PerplexityConfig.model_validate(cfg)
         self.model_langs = set(model_langs)
         self.cutoffs = {k: tuple(v) for k, v in cutoffs.items()}
@@ -149,7 +180,8 @@ class BucketWorker:
         cfg = self.cfg
         table = read_parquet(task["path"])
         langs = _langs(table, cfg)
-        ppl = task["ppl"]
+        ppl = read_parquet(self.work / "score" / f"{shard_name(task['index'])}.parquet", columns=["ppl"])
+        ppl = ppl.column("ppl").to_numpy(zero_copy_only=False)
         buckets = [bucket_of(p, self.cutoffs.get(lang)) if lang else None for p, lang in zip(ppl, langs)]
         keep, reasons = [], []
         exempt = set(cfg.exempt_sources)
@@ -159,10 +191,10 @@ class BucketWorker:
                 ok = True
             elif b is not None:
                 ok = b in cfg.keep_buckets
-                reason = f"{REASON_PREFIX}.ppl_{b}"
+                reason = REASONS[b]
             else:
                 ok = cfg.unscored == "keep"
-                reason = f"{REASON_PREFIX}.ppl_" + ("empty" if lang in self.model_langs else "no_model")
+                reason = REASONS["empty" if lang in self.model_langs else "no_model"]
             keep.append(ok)
             if not ok:
                 reasons.append(reason)
@@ -176,23 +208,12 @@ class BucketWorker:
         mask = pa.array(keep, pa.bool_())
         kept = table.filter(mask)
         dropped = table.filter(pc.invert(mask))
-        rejected = (
-            make_rejected(dropped, PerplexityStage.name, reasons)
-            if dropped.num_rows
-            else rejected_schema(table.schema).empty_table()
-        )
-        check_conservation(table.num_rows, kept.num_rows, rejected.num_rows, f"perplexity shard {task['index']}")
-        name = shard_name(task["index"])
-        return {
-            "index": task["index"],
-            "input": table.num_rows,
-            "kept": kept.num_rows,
-            "rejected": rejected.num_rows,
-            "reasons": dict(Counter(reasons)),
-            "buckets": dict(Counter(b or "none" for b in buckets)),
-            "outputs": write_parquet(kept, self.out_dir / f"{name}.parquet"),
-            "rejected_outputs": write_parquet(rejected, self.out_dir / "rejected" / f"{name}.parquet"),
-        }
+        rejected = make_rejected(dropped, PerplexityStage.name, reasons) if dropped.num_rows else None
+        marker = write_shard(self.out_dir, task["index"], kept, rejected, table.num_rows,
+                             where=f"stage perplexity shard {task['index']} ({task['path']})",
+                             input_info={"path": task["path"]})
+        marker["buckets"] = dict(Counter(b or "none" for b in buckets))
+        return marker
 
 
 class PerplexityStage(GlobalStage):
@@ -220,69 +241,42 @@ class PerplexityStage(GlobalStage):
 
         return [(f"model:{lang}", sha256_file(p)) for lang, p in sorted(self.model_paths(run_dir).items())]
 
-    def run(self, ctx: GlobalContext) -> dict:
+    def run(self, ctx: GlobalContext) -> GlobalResult:
         cfg: PerplexityConfig = self.config  # type: ignore[assignment]
         models = self.model_paths(ctx.run_dir)
         cfg_json = cfg.model_dump(mode="json")
+        work = str(ctx.work_dir)
         tasks = [{"index": i, "path": str(p)} for i, p in enumerate(ctx.input_shards)]
-
-        t0 = time.perf_counter()
-        ppl: dict[int, np.ndarray] = {}
-        by_lang: dict[str, list[np.ndarray]] = {}
-        by_lang_excluded: dict[str, list[np.ndarray]] = {}
-        for _, res in ctx.executor.map(ScoreWorker, (models, cfg_json), tasks, desc=f"{ctx.stage_name}: score"):
-            ppl[res["index"]] = res["ppl"]
-            for lang, arr in res["by_lang"].items():
-                by_lang.setdefault(lang, []).append(arr)
-            for lang, arr in res["by_lang_excluded"].items():
-                by_lang_excluded.setdefault(lang, []).append(arr)
-        t_score = time.perf_counter() - t0
-
-        # Per-language cut-offs; a language whose documents all come from excluded sources
-        # falls back to those.
-        cutoffs: dict[str, list[float]] = {}
-        cutoff_docs: dict[str, int] = {}
-        for lang in sorted(set(by_lang) | set(by_lang_excluded)):
-            values = np.concatenate(by_lang.get(lang) or by_lang_excluded[lang])
-            cutoff_docs[lang] = int(values.size)
-            cutoffs[lang] = [float(x) for x in np.percentile(values, list(cfg.percentiles))]
-
-        t1 = time.perf_counter()
-        init = (str(ctx.out_dir), cfg_json, sorted(models), cutoffs)
-        tasks2 = [dict(t, ppl=ppl[t["index"]]) for t in tasks]
-        results = sorted(
-            (r for _, r in ctx.executor.map(BucketWorker, init, tasks2, desc=f"{ctx.stage_name}: bucket")),
-            key=lambda r: r["index"],
-        )
-        t_bucket = time.perf_counter() - t1
-
-        reasons: Counter = Counter()
+        model_key = {lang: sha256_file(p) for lang, p in sorted(models.items())}
+        scored = ctx.phases.map("score", ScoreWorker, (models, cfg_json, work), tasks, key=model_key)
+        cutoffs, cutoff_docs = cutoffs_of([ctx.phases.file(r["files"][0]) for r in scored], cfg.percentiles)
+        init = (str(ctx.out_dir), cfg_json, sorted(models), cutoffs, work)
+        results = ctx.phases.map("bucket", BucketWorker, init, tasks, key=cutoffs)
+        body = sum_shards(results, f"stage {ctx.stage_name}")
         buckets: Counter = Counter()
         for r in results:
-            reasons.update(r["reasons"])
             buckets.update(r["buckets"])
-        n_in = sum(r["input"] for r in results)
-        n_scored = int(sum(int((~np.isnan(a)).sum()) for a in ppl.values()))
-        return {
-            "input_rows": n_in,
-            "kept_rows": sum(r["kept"] for r in results),
-            "rejected_rows": sum(r["rejected"] for r in results),
-            "reasons": dict(sorted(reasons.items())),
-            "models": {lang: {"path": p, "sha256": sha256_file(p)} for lang, p in sorted(models.items())},
-            "percentiles": list(cfg.percentiles),
-            "cutoffs": cutoffs,
-            "scored_docs": n_scored,
-            "cutoff_docs_by_lang": cutoff_docs,
-            "buckets": dict(sorted(buckets.items())),
-            "shards": [{"index": r["index"], "input": r["input"], "kept": r["kept"], "rejected": r["rejected"]} for r in results],
-            "outputs": [r["outputs"] for r in results],
-            "rejected_outputs": [r["rejected_outputs"] for r in results],
-            "timings": {
-                "score_seconds": round(t_score, 3),
-                "bucket_seconds": round(t_bucket, 3),
-                "scored_docs_per_s": round(n_scored / max(t_score, 1e-9), 2),
+        n_scored = sum(r["scored"] for r in scored)
+        return GlobalResult(
+            input_rows=body["input_rows"],
+            kept_rows=body["kept_rows"],
+            rejected_rows=body["rejected_rows"],
+            reasons=body["reasons"],
+            shards=body["shards"],
+            outputs=body["outputs"],
+            rejected_outputs=body["rejected_outputs"],
+            extra={
+                "models": {lang: {"path": p, "sha256": model_key[lang]} for lang, p in sorted(models.items())},
+                "percentiles": list(cfg.percentiles),
+                "cutoffs": cutoffs,
+                "scored_docs": n_scored,
+                "cutoff_docs_by_lang": cutoff_docs,
+                "buckets": dict(sorted(buckets.items())),
             },
-        }
+        )
+
+    def stage_refs(self) -> list[str]:
+        return [self.config.models_from] if self.config.models_from else []  # type: ignore[attr-defined]
 
 
 STAGE = PerplexityStage

@@ -26,6 +26,11 @@ from curate.config import StageConfig
 from curate.errors import ConfigError
 from curate.schema import make_rejected, split_by_mask
 from curate.stage import MapStage, ShardResult
+from curate.reasons import declare
+
+REASONS = declare("pii", {
+    "too_many_hits": "more PII detections than max_hits: the page is a list of personal data",
+})
 from filters.pii import DEFAULT_PHONE_REGIONS, TYPES, Scrubber
 
 COUNTS_TYPE = pa.struct([pa.field(t, pa.int32()) for t in TYPES])

@@ -6,10 +6,11 @@ per language in ``reference_paths`` (one paragraph per line). The text is normal
 tokenised by :mod:`filters.kenlm_lm` (the scorer does the same), ``lmplz`` estimates a
 modified-Kneser-Ney model and ``build_binary`` turns it into a binary model:
 
-* phase 1 (``ctx.executor.map``, one task per input shard or reference file): select,
-  normalise and tokenise, write ``_work/<lang>/<task>.txt``;
-* phase 2 (driver, one language at a time): ``lmplz`` reads the language's files on stdin,
-  then ``build_binary``; the ``_work`` folder is removed at the end.
+* phase ``text`` (a map, one task per input shard or reference file): select, normalise and
+  tokenise, write ``_work/<lang>/<task>.txt``;
+* phase ``lmplz-<lang>`` (a driver step per language): ``lmplz`` reads the language's files
+  on stdin, then ``build_binary``. A rerun after a kill resumes at the first unfinished
+  phase (a half-written sort folder of a killed ``lmplz`` is cleared first).
 
 Outputs: ``models/<lang>.bin`` and ``models/models.json`` (language -> file, checksum,
 training figures), which the ``perplexity`` stage finds through its ``models_from`` key.
@@ -26,7 +27,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -34,13 +34,12 @@ from pydantic import Field, model_validator
 
 from curate.config import StageConfig
 from curate.errors import ConfigError, CurateError
-from curate.shardio import atomic_write_json, read_parquet, sha256_file
-from curate.stage import GlobalContext, GlobalStage
+from curate.shardio import atomic_write_json, file_info, read_parquet, sha256_file
+from curate.stage import GlobalContext, GlobalResult, GlobalStage
 from filters.kenlm_lm import prepare_lines
 
 MODELS_DIR = "models"
 MODELS_INDEX = "models.json"
-WORK_DIR = "_work"
 
 
 class TrainLmError(CurateError):
@@ -122,9 +121,12 @@ class ReferenceWorker:
                     f.write("\n")
                     lines += 1
                     tokens += ln.count(" ") + 1
-        return {"docs": docs, "lines": lines, "tokens": tokens}
+        return {"docs": docs, "lines": lines, "tokens": tokens, "file": file_info(path)}
 
     def __call__(self, task: dict) -> dict:
+        return _with_files(self._counts(task))
+
+    def _counts(self, task: dict) -> dict:
         cfg = self.cfg
         if task["kind"] == "file":
             lang, path = task["lang"], task["path"]
@@ -149,6 +151,12 @@ class ReferenceWorker:
             lang: self._write(lang, task["name"], (prepare_lines(t) for t in docs))
             for lang, docs in sorted(by_lang.items())
         }
+
+
+def _with_files(by_lang: dict[str, dict]) -> dict:
+    """A phase result: counts per language, and the reference files written (for resume)."""
+    files = [c.pop("file") for c in by_lang.values()]
+    return {"langs": by_lang, "files": files}
 
 
 def _arpa_counts(arpa: Path) -> dict[str, int]:
@@ -189,14 +197,13 @@ class TrainLmStage(GlobalStage):
     version = "1"
     Config = TrainLmConfig
 
-    def run(self, ctx: GlobalContext) -> dict:
+    def run(self, ctx: GlobalContext) -> GlobalResult:
         cfg: TrainLmConfig = self.config  # type: ignore[assignment]
         lmplz = find_tool("lmplz", cfg.lmplz)
         build_binary = find_tool("build_binary", cfg.build_binary)
-        work = ctx.out_dir / WORK_DIR
+        work = ctx.work_dir
         models_dir = ctx.out_dir / MODELS_DIR
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
+        work.mkdir(parents=True, exist_ok=True)
         models_dir.mkdir(parents=True, exist_ok=True)
 
         if cfg.reference_paths:
@@ -204,51 +211,29 @@ class TrainLmStage(GlobalStage):
             for k, (lang, path) in enumerate(sorted(cfg.reference_paths.items())):
                 if not Path(path).is_file():
                     raise ConfigError(f"stage {ctx.stage_name!r}: reference_paths.{lang}: no file {path}")
-                tasks.append({"kind": "file", "lang": lang, "path": str(Path(path).resolve()), "name": f"file-{k:05d}"})
+                tasks.append({"kind": "file", "lang": lang, "path": str(Path(path).resolve()), "name": f"file-{k:05d}",
+                              "sha256": sha256_file(path)})
         else:
             tasks = [{"kind": "shard", "path": str(p), "name": p.stem} for p in ctx.input_shards]
 
-        t0 = time.perf_counter()
+        texts = ctx.phases.map("text", ReferenceWorker, (str(work), cfg.model_dump(mode="json")), tasks,
+                               desc=f"{ctx.stage_name}: text")
         totals: dict[str, dict[str, int]] = {}
-        for _, counts in ctx.executor.map(ReferenceWorker, (str(work), cfg.model_dump(mode="json")), tasks, desc=f"{ctx.stage_name}: text"):
-            for lang, c in counts.items():
+        for res in texts:
+            for lang, c in res["langs"].items():
                 t = totals.setdefault(lang, {"docs": 0, "lines": 0, "tokens": 0})
-                for k, v in c.items():
-                    t[k] += v
-        t_text = time.perf_counter() - t0
+                for k in t:
+                    t[k] += c[k]
 
         models: dict[str, dict] = {}
         skipped: dict[str, str] = {}
-        t1 = time.perf_counter()
         for lang in sorted(totals):
             c = totals[lang]
             if c["docs"] < cfg.min_docs:
                 skipped[lang] = f"{c['docs']} reference documents < min_docs {cfg.min_docs}"
                 continue
-            files = sorted((work / lang).glob("*.txt"))
-            arpa = work / f"{lang}.arpa"
-            log = work / f"{lang}.log"
-            tmp = work / f"{lang}.tmp"
-            tmp.mkdir()
-            cmd = [lmplz, "-o", str(cfg.order), "-S", cfg.memory, "-T", str(tmp), "--discount_fallback"]
-            if cfg.prune:
-                cmd += ["--prune", *map(str, cfg.prune)]
-            _run(cmd, log, stdin_files=files, stdout=arpa)
-            counts = _arpa_counts(arpa)
-            out = models_dir / f"{lang}.bin"
-            partial = models_dir / f"{lang}.bin.partial"
-            _run([build_binary, "-s", cfg.binary_type, str(arpa), str(partial)], log)
-            os.replace(partial, out)
-            arpa.unlink()
-            models[lang] = {
-                "file": out.name,
-                "sha256": sha256_file(out),
-                "bytes": out.stat().st_size,
-                "order": cfg.order,
-                "ngrams": counts,
-                **c,
-            }
-        t_train = time.perf_counter() - t1
+            res = ctx.phases.step(f"lmplz-{lang}", lambda lang=lang: self._train(lang, work, models_dir, lmplz, build_binary))
+            models[lang] = {**res["model"], **c}
         if not models:
             raise ConfigError(
                 f"stage {ctx.stage_name!r}: no language has enough reference text "
@@ -256,22 +241,49 @@ class TrainLmStage(GlobalStage):
             )
         index = {"order": cfg.order, "normalization": "filters.kenlm_lm.prepare_lines", "models": models}
         atomic_write_json(models_dir / MODELS_INDEX, index)
-        shutil.rmtree(work, ignore_errors=True)
-        return {
-            "conservation": "n/a",
-            "accounting": (
+        return GlobalResult(
+            accounting=(
                 "trains KenLM models from reference text and writes no document shards; "
                 "later stages read the documents of their own input"
             ),
-            "reference": {"source": cfg.reference_source, "paths": dict(cfg.reference_paths)},
-            "reference_counts": totals,
-            "models": models,
-            "skipped_langs": skipped,
-            "outputs": [
+            outputs=[
                 {"path": str(models_dir / m["file"]), "sha256": m["sha256"], "bytes": m["bytes"]}
                 for m in models.values()
             ],
-            "timings": {"text_seconds": round(t_text, 3), "lmplz_seconds": round(t_train, 3)},
+            extra={
+                "reference": {"source": cfg.reference_source, "paths": dict(cfg.reference_paths)},
+                "reference_counts": totals,
+                "models": models,
+                "skipped_langs": skipped,
+            },
+        )
+
+    def _train(self, lang: str, work: Path, models_dir: Path, lmplz: str, build_binary: str) -> dict:
+        """One language: lmplz on its reference files, then build_binary (a phase step)."""
+        cfg: TrainLmConfig = self.config  # type: ignore[assignment]
+        files = sorted((work / lang).glob("*.txt"))
+        arpa = work / f"{lang}.arpa"
+        log = work / f"{lang}.log"
+        tmp = work / f"{lang}.sort"
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a killed or failed lmplz
+        tmp.mkdir(parents=True)
+        log.unlink(missing_ok=True)
+        cmd = [lmplz, "-o", str(cfg.order), "-S", cfg.memory, "-T", str(tmp), "--discount_fallback"]
+        if cfg.prune:
+            cmd += ["--prune", *map(str, cfg.prune)]
+        _run(cmd, log, stdin_files=files, stdout=arpa)
+        counts = _arpa_counts(arpa)
+        out = models_dir / f"{lang}.bin"
+        partial = models_dir / f"{lang}.bin.partial"
+        _run([build_binary, "-s", cfg.binary_type, str(arpa), str(partial)], log)
+        os.replace(partial, out)
+        arpa.unlink()
+        shutil.rmtree(tmp, ignore_errors=True)
+        info = file_info(out)
+        return {
+            "model": {"file": out.name, "sha256": info["sha256"], "bytes": info["bytes"], "order": cfg.order,
+                      "ngrams": counts},
+            "files": [info],
         }
 
 

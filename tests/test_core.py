@@ -54,10 +54,13 @@ def test_pipeline_yaml_errors_name_key_and_file(tmp_path):
     p.write_text("pipeline: x\nstages:\n  extract:\n    input: {paths: [a]}\n    confg: {}\n")
     with pytest.raises(ConfigError, match=r"unknown key 'stages.extract.confg' in .*p.yaml"):
         load_pipeline(p)
-    with pytest.raises(ConfigError, match="not an earlier stage"):
+    with pytest.raises(ConfigError, match="reads from 'extract', which is not a stage"):
         parse_pipeline({"pipeline": "x", "stages": {"langid": {"input": "extract"}}}, "d")
-    p.write_text("pipeline: x\nstages:\n  extract:\n    input: {paths: [a]}\n    config: {bogus: 1}\n")
-    with pytest.raises(ConfigError, match=r"unknown key 'bogus' in config of stage 'extract' in .*p.yaml"):
+    with pytest.raises(ConfigError, match="reads from 'extrct', which is not a stage; did you mean 'extract'"):
+        parse_pipeline({"pipeline": "x", "stages": {"extract": {"input": {"paths": ["a"]}},
+                                                    "langid": {"input": "extrct"}}}, "d")
+    p.write_text(f"pipeline: x\nstages:\n  extract:\n    input: {{paths: [{tmp_path}]}}\n    config: {{bogus: 1}}\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'bogus' in config of stage 'extract' of .*p.yaml"):
         run_pipeline(p, tmp_path / "run", executor="local")
 
 
@@ -124,7 +127,7 @@ def test_sql_views(tmp_path, warc_dir):
 
 
 def test_worker_refuses_a_stage_that_loses_documents(tmp_path, warc_dir):
-    w = ShardWorker("extract", {}, "extract", str(tmp_path / "out"), "h")
+    w = ShardWorker("extract", {}, "extract", str(tmp_path / "out"))
 
     def lossy(path, real=w.stage.process_source):
         res = real(path)

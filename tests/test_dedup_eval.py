@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 
 from curate.executors import LocalExecutor
 from curate.shardio import write_parquet
-from curate.stage import GlobalContext
+from curate.runner import run_global_stage
 from stages.dedup import DedupStage
 
 
@@ -26,7 +26,7 @@ def test_eval_targets(shared_dir, tmp_path):
         shards.append(Path(write_parquet(docs.slice(a, b - a), tmp_path / "in" / f"part-{s:05d}.parquet")["path"]))
     out = tmp_path / "dedup"
     stage = DedupStage(DedupStage.Config())
-    body = stage.run(GlobalContext("dedup", shards, shards[0].parent, out, tmp_path, LocalExecutor(1), 1))
+    body = run_global_stage(stage, shards, out, LocalExecutor(1))
     kept = pa.concat_tables([pq.read_table(p, columns=["id"]) for p in sorted(out.glob("part-*.parquet"))])
     pq.write_table(kept, tmp_path / "kept.parquet")
     res = subprocess.run([sys.executable, str(ev / "score.py"), "--kept", str(tmp_path / "kept.parquet")],

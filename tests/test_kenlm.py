@@ -215,8 +215,8 @@ def test_perplexity_buckets_and_conservation(lm_run):
             assert r["ppl_bucket"] is None and r.get("reason") is None
         else:
             assert r["ppl_bucket"] == bucket_of(r["ppl"], tuple(m["cutoffs"][r["lang"]]))
-            assert (r.get("reason") == "quality.ppl_tail") == (r["ppl_bucket"] == "tail")
-    assert m["reasons"] == {"quality.ppl_tail": sum(r["ppl_bucket"] == "tail" for r in rows)}
+            assert (r.get("reason") == "perplexity.tail") == (r["ppl_bucket"] == "tail")
+    assert m["reasons"] == {"perplexity.tail": sum(r["ppl_bucket"] == "tail" for r in rows)}
     # French has no model, the empty document no tokens: both kept unscored.
     unscored = {r["id"] for r in rows if r["ppl"] is None}
     assert unscored == {"fr-0", "empty-0"}
@@ -286,7 +286,7 @@ def test_user_model_and_unscored_reject(lm_run, tmp_path):
     }
     m = run_pipeline(pipeline, run, stages=["ppl-user"], log=lambda *_: None)["ppl-user"]
     assert m["kept_rows"] == 1
-    assert m["reasons"] == {"quality.ppl_no_model": n_docs - 1}
+    assert m["reasons"] == {"perplexity.no_model": n_docs - 1}
     assert m["models"]["fr"]["path"] == str(arpa)
 
 
@@ -329,6 +329,9 @@ def test_configs_fail_clearly(tmp_path):
             "perplexity": {"input": "docs", "config": {"models_from": "train-lm"}},
         },
     }
+    with pytest.raises(ConfigError, match="refers to stage 'train-lm', which is not in the pipeline"):
+        run_pipeline(pipeline, run, stages=["perplexity"], log=lambda *_: None)
+    pipeline["stages"]["train-lm"] = {"input": "docs", "config": {"reference_source": "wiki"}}
     with pytest.raises(ConfigError, match="has not finished"):
         run_pipeline(pipeline, run, stages=["perplexity"], log=lambda *_: None)
 

@@ -20,7 +20,7 @@ from curate.manifest import write_manifest, write_success
 from curate.runner import run_pipeline
 from curate.shardio import write_parquet
 from curate.sql import query
-from curate.stage import GlobalContext
+from curate.runner import run_global_stage
 from filters.mixplan import InfeasibleMixError
 from stages.mix import MixConfig, MixStage, load_mixture
 
@@ -77,9 +77,7 @@ def mixture(**over) -> dict:
 def run_mix(shards, out: Path, mix: dict | str, executor=None, **cfg) -> dict:
     config = build_config(MixConfig, {"mixture": mix, **cfg}, "test")
     ex = executor or LocalExecutor(1)
-    ctx = GlobalContext("mix", list(shards), None, out, out.parent, ex, ex.workers)
-    out.mkdir(parents=True, exist_ok=True)
-    return MixStage(config, "mix").run(ctx)
+    return run_global_stage(MixStage(config, "mix"), list(shards), out, ex)
 
 
 def stage_bytes(d: Path) -> dict[str, bytes]:
@@ -328,9 +326,9 @@ def test_resume_after_interrupted_pack(corpus, maxrun, tmp_path):
     out = tmp_path / "r" / "mix"
     run_mix(corpus, out, mixture(), keep_work=True)
     work = out / "_work"
-    assert (work / "done-00001.json").exists()
+    assert (work / "tokenise" / "00001.json").exists()
     # Simulate a kill after phase 1 of shards 0 and 2: outputs gone, shard 1's marker gone.
-    for p in list(out.glob("*.bin")) + [out / "meta.json", work / "done-00001.json"]:
+    for p in list(out.glob("*.bin")) + [out / "meta.json", work / "tokenise" / "00001.json"]:
         p.unlink()
     calls = []
 
@@ -339,10 +337,9 @@ def test_resume_after_interrupted_pack(corpus, maxrun, tmp_path):
             calls.extend(t["index"] for t in tasks)
             return super().map(worker_cls, init_args, tasks, desc)
 
-    run_mix(corpus, out, mixture(), executor=Counting(1))
+    run_mix(corpus, out, mixture(), executor=Counting(1), keep_work=True)
     assert calls == [1]
     assert stage_bytes(out) == stage_bytes(maxrun[0])
-    assert not work.exists()
 
 
 def test_pipeline_and_sql(corpus, tmp_path):
@@ -361,7 +358,7 @@ def test_pipeline_and_sql(corpus, tmp_path):
         "pipeline": "t",
         "executor": "local",
         "workers": 1,
-        "stages": {"docs": {"type": "extract"}, "mix": {"input": "docs", "config": {"mixture": str(mfile)}}},
+        "stages": {"docs": {"type": "extract", "input": {"paths": ["(seeded)"]}}, "mix": {"input": "docs", "config": {"mixture": str(mfile)}}},
     }
     res = run_pipeline(spec, run_dir, stages=["mix"], log=lambda *_: None)
     man = res["mix"]

@@ -106,11 +106,11 @@ def test_most_spam_lands_in_the_dropped_tail(sample_run):
         lab = labels.get(r["url"])
         if lab and lab["kind"] == "spam" and r["ppl"] is not None:
             buckets[r["ppl_bucket"]] += 1
-            assert (r.get("reason") == "quality.ppl_tail") == (r["ppl_bucket"] == "tail")
+            assert (r.get("reason") == "perplexity.tail") == (r["ppl_bucket"] == "tail")
     assert buckets["tail"] >= 0.8 * sum(buckets.values())
     m = manifests["perplexity"]
     assert m["input_rows"] == manifests["extract"]["kept_rows"]
-    assert m["reasons"]["quality.ppl_tail"] == m["buckets"]["tail"]
+    assert m["reasons"]["perplexity.tail"] == m["buckets"]["tail"]
 
 
 def test_boilerplate_pages_rejected_with_reasons(sample_run):
