@@ -175,28 +175,31 @@ class _ZstdRaw(io.RawIOBase):
         self._d = self._new()
         self._in_frame = False
         self._pending = b""
+        self._pos = 0
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, b) -> int:
-        while not self._pending:
+        while self._pos >= len(self._pending):
             chunk = self._f.read(1 << 16)
             if not chunk:
                 if self._in_frame:
                     raise EOFError("zstd stream ends inside a frame")
                 return 0
+            out = []
             while chunk:
                 self._in_frame = True
-                self._pending += self._d.decompress(chunk)
+                out.append(self._d.decompress(chunk))
                 if self._d.eof:
                     chunk = self._d.unused_data
                     self._d, self._in_frame = self._new(), False
                 else:
                     chunk = b""
-        n = min(len(b), len(self._pending))
-        b[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
+            self._pending, self._pos = b"".join(out), 0
+        n = min(len(b), len(self._pending) - self._pos)
+        b[:n] = self._pending[self._pos:self._pos + n]
+        self._pos += n
         return n
 
     def close(self) -> None:

@@ -289,3 +289,50 @@ def test_fuzz_jsonl_counts_match_the_bytes(tmp_path, lines, crlf, gz, cut):
     assert len(recs) == expected
     res = Read(ReadConfig()).process_source(str(p))
     assert res.n_input == res.kept.num_rows + res.rejected.num_rows == expected
+
+
+_ELEM = st.one_of(st.builds(lambda t, n: {"text": t, "n": n}, st.text(max_size=30), st.integers()),
+                  st.integers(), st.text(max_size=10), st.lists(st.integers(), max_size=3), st.none())
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(elems=st.lists(_ELEM, max_size=20), indent=st.sampled_from([None, 1]), cut=st.floats(0, 1))
+def test_fuzz_json_array(tmp_path, elems, indent, cut):
+    """A whole array gives one record per element; a cut one its complete leading elements
+    and then one error record, never an exception."""
+    data = json.dumps(elems, indent=indent, ensure_ascii=False).encode()
+    whole = cut > 0.95
+    p = tmp_path / "a.json"
+    p.write_bytes(data if whole else data[: int(len(data) * cut)])
+    recs = _records(p)
+    if not p.read_bytes().strip():
+        assert recs == []
+    elif whole:
+        assert len(recs) == len(elems)
+        assert [r.value for r in recs] == [e if isinstance(e, dict) else None for e in elems]
+    else:
+        assert len(recs) <= len(elems) + 1
+        assert [r.value for r in recs[:-1]] == [e if isinstance(e, dict) else None for e in elems[: len(recs) - 1]]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pos=st.floats(0, 1), width=st.integers(1, 64), byte=st.integers(0, 255))
+def test_fuzz_parquet_damage(tmp_path, pos, width, byte):
+    """Bytes overwritten anywhere: no exception; a readable footer means exactly the rows it
+    counts, an unreadable one a single error record."""
+    p = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"text": [f"row {i} " * 9 for i in range(90)], "i": list(range(90))}), p,
+                   row_group_size=30, compression="zstd")
+    b = bytearray(p.read_bytes())
+    at = int((len(b) - width) * pos)
+    b[at:at + width] = bytes([byte]) * width
+    p.write_bytes(bytes(b))
+    try:
+        rows = pq.ParquetFile(p).metadata.num_rows
+    except Exception:
+        rows = None
+    recs = _records(p)
+    if rows is None:
+        assert len(recs) == 1 and recs[0].error
+    else:
+        assert len(recs) == rows
