@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 WIDTH = 8.0  # inches at DPI below: about 800 px, the report's column width
 DPI = 100
@@ -172,9 +173,11 @@ def histograms(panels: Sequence[tuple], title: str, xlabel: str, log_x: bool = T
         both = np.concatenate([values, extra])
         if both.size:
             lo, hi = both.min(), both.max()
-            if log_x:
-                bins = np.geomspace(lo, hi if hi > lo else lo * 1.01, 30)
+            if log_x and hi > 10 * lo:
+                bins = np.geomspace(lo, hi, 30)
                 ax.set_xscale("log")
+                ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
+                ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "25" else ""))
             else:
                 bins = np.linspace(lo, hi if hi > lo else lo + 1, 30)
             data, colors, names = [values], [color(k)], ["counted"]
@@ -188,7 +191,7 @@ def histograms(panels: Sequence[tuple], title: str, xlabel: str, log_x: bool = T
                 legend_done = True
         for j, c in enumerate(cuts):
             ax.axvline(c, color="black", linestyle="--", linewidth=1)
-            ax.annotate(f"{c:,.0f}" if abs(c) >= 10 else f"{c:.2g}", (c, 1 - 0.09 * j),
+            ax.annotate(f"{c:,.0f}" if abs(c) >= 100 else f"{c:.3g}", (c, 1 - 0.09 * j),
                         xycoords=("data", "axes fraction"), fontsize=7, ha="left", va="top", xytext=(2, -2),
                         textcoords="offset points")
         ax.set_title(f"{label} ({both.size:,})", fontsize=9)

@@ -6,10 +6,15 @@ reason, when the run has none.
 
 from __future__ import annotations
 
+import html
+import json
+import math
+from pathlib import Path
+
 import numpy as np
 
 from . import report_charts as ch
-from .report_data import MIXTURE_FORMAT, SFT_FORMAT, VOCAB_FORMAT, Run, read_json
+from .report_data import MIXTURE_FORMAT, SFT_FORMAT, VOCAB_FORMAT, Run, parquet_source, read_json
 from .report_sections import Chart, Section, n, table
 
 
@@ -99,31 +104,24 @@ def sft(run: Run) -> Section | str:
                                     reading))
     for st in run.stages:
         files = st.kept_files + st.rejected_files
-        if not files or "task" not in (cols := run.columns(files)):
+        if not files or "cutoffs" not in (st.manifest or {}) or "task" not in (cols := run.columns(files)):
             continue
         score = next((c for c in ("ppl", "difficulty", "ifd") if c in cols), None)
         if score is None:
             continue
-        rows = run.rows(f"SELECT task, list({score}) FROM read_parquet({[str(f) for f in files]}, "
-                        f"union_by_name=true) WHERE {score} IS NOT NULL GROUP BY ALL ORDER BY 1")
+        rows = run.rows(f"SELECT task, list({score}) FROM {parquet_source(files)} WHERE {score} IS NOT NULL "
+                        "GROUP BY ALL ORDER BY 1")
         cutoffs = (st.manifest or {}).get("cutoffs") or {}
         panels = [(t, np.asarray(v, dtype=float), [c for c in (cutoffs.get(t) or []) if c is not None])
                   for t, v in rows[:9]]
         if panels:
-            reading = "; ".join(f"{t}: median {np.median(v):,.1f}" + (f", cut-offs {', '.join(f'{c:,.1f}' for c in cuts)}"
-                                                                        if cuts else "") for t, v, cuts in panels[:4]) + "."
+            reading = "; ".join(f"{t}: median {np.median(v):,.1f}"
+                                + (f", cut-offs {', '.join(f'{c:,.1f}' for c in cuts)}" if cuts else "")
+                                for t, v, cuts in panels[:4]) + "."
             title = f"SFT {score} per task ({st.name})"
             sec.charts.append(Chart(title, ch.histograms(panels, title, score, log_x=score == "ppl",
                                                          ylabel="examples"), reading))
     return sec
-
-
-def _num(d: dict, *path, default=None):
-    for p in path:
-        if not isinstance(d, dict) or p not in d:
-            return default
-        d = d[p]
-    return d
 
 
 def vocab(run: Run) -> Section | str:
@@ -135,52 +133,51 @@ def vocab(run: Run) -> Section | str:
     for st, idmap in found:
         rep = read_json(st.dir / "report.json") or {}
         added = len(idmap.get("new_tokens", []))
-        sets = {k: v for k, v in rep.items() if isinstance(v, dict) and "before" in v and "after" in v}
-        rows = []
-        for name, v in sets.items():
-            b, a = v["before"], v["after"]
-            cpt_b, cpt_a = _num(b, "chars_per_token"), _num(a, "chars_per_token")
-            tpd_b, tpd_a = _num(b, "tokens_per_doc"), _num(a, "tokens_per_doc")
-            rows.append([name, _f(cpt_b), _f(cpt_a), _f(tpd_b), _f(tpd_a),
-                         f"{cpt_a / cpt_b:.2f}×" if cpt_a and cpt_b else "",
-                         f"{v['changed_docs_share']:.2%}" if isinstance(v.get("changed_docs_share"), float) else ""])
-        cats = [r[0] for r in rows if r[1] and r[2]]
-        if cats:
-            before = [float(sets[c]["before"]["chars_per_token"]) for c in cats]
-            after = [float(sets[c]["after"]["chars_per_token"]) for c in cats]
-            best = max(range(len(cats)), key=lambda i: (after[i] / before[i], cats[i]))
-            reading = (f"{n(added)} new tokens; {cats[best]} text goes from {before[best]:.2f} to {after[best]:.2f} "
-                       f"characters per token ({after[best] / before[best]:.2f}× fewer tokens)"
-                       + "".join(f"; {c}: {before[i]:.2f} → {after[i]:.2f}" for i, c in enumerate(cats) if i != best) + ".")
-            title = f"Compression before and after ({st.name})"
-            sec.charts.append(Chart(title, ch.grouped(cats, {"base tokenizer": before, "extended": after}, title,
-                                                      "characters per token (higher: fewer tokens)", "held-out text"),
-                                    reading))
-        if rows:
-            sec.tables.append(table(["text", "chars/token before", "after", "tokens/doc before", "after", "gain",
-                                     "docs changed"], rows))
-        freq = [t for t in rep.get("top_new_tokens", []) if isinstance(t, dict) and "token" in t]
-        if freq:
-            sec.tables.append(table(["most frequent new tokens", "count"],
-                                    [[t["token"], n(t.get("count", 0))] for t in freq[:20]]))
-        if not rows:
-            sec.intro = (f"{n(added)} new tokens: vocabulary {n(idmap.get('base_vocab_size', 0))} → "
-                         f"{n(idmap.get('vocab_size', 0))} (report.json has no before/after figures).")
+        sides = [k for k in ("domain", "general") if isinstance(rep.get(k), dict)
+                 and rep[k].get("chars_per_token_before") and rep[k].get("chars_per_token_after")]
+        head = (f"{n(added)} new tokens: vocabulary {n(idmap.get('base_vocab_size', 0))} → "
+                f"{n(idmap.get('vocab_size', 0))}")
+        if not sides:
+            sec.intro = head + " (report.json has no before/after figures)."
+            continue
+        before = [float(rep[k]["chars_per_token_before"]) for k in sides]
+        after = [float(rep[k]["chars_per_token_after"]) for k in sides]
+        parts = [f"{k} text {b:.2f} → {a:.2f} characters per token ({b and a / b:.2f}× fewer tokens"
+                 + (f", {rep[k]['docs_changed_share']:.1%} of documents tokenise differently"
+                    if isinstance(rep[k].get("docs_changed_share"), (int, float)) else "") + ")"
+                 for k, b, a in zip(sides, before, after)]
+        title = f"Compression before and after ({st.name})"
+        sec.charts.append(Chart(title, ch.grouped(sides, {"base tokenizer": before, "extended": after}, title,
+                                                  "characters per token (higher: fewer tokens)", "held-out text"),
+                                head + "; " + "; ".join(parts) + "."))
+        sec.tables.append(table(["held-out text", "docs", "chars/token before", "after", "tokens/doc before",
+                                 "after", "docs changed"], [
+            [k, n(rep[k].get("docs", 0)), _f(rep[k].get("chars_per_token_before")),
+             _f(rep[k].get("chars_per_token_after")), _f(rep[k].get("tokens_per_doc_before")),
+             _f(rep[k].get("tokens_per_doc_after")),
+             _share(rep[k].get("docs_changed_share"))] for k in sides]))
+        top = [p for p in rep.get("top_pieces", []) if isinstance(p, dict) and "count" in p][:20]
+        if top:
+            sec.tables.append(table(["most used new piece (held-out domain text)", "uses"],
+                                    [[p.get("text", p.get("token", "")), n(p["count"])] for p in top]))
     return sec
+
+
+def _share(x) -> str:
+    return f"{x:.2%}" if isinstance(x, (int, float)) else ""
 
 
 def _f(x) -> str:
     return f"{x:,.2f}" if isinstance(x, (int, float)) else ""
 
 
-def _metrics(path) -> list[dict]:
+def _metrics(path: Path) -> list[dict]:
+    """The JSON lines of a trainer ``metrics.jsonl`` (a line being written is skipped)."""
     rows = []
     try:
         lines = path.read_text().splitlines()
     except OSError:
         return rows
-    import json
-
     for line in lines:
         try:
             r = json.loads(line)
@@ -191,49 +188,81 @@ def _metrics(path) -> list[dict]:
     return rows
 
 
-def _curves(rows: list[dict], keys: list[str]) -> dict[str, tuple[list, list]]:
-    out = {}
-    for k in keys:
-        pts = [(r["step"], float(r[k])) for r in rows if isinstance(r.get(k), (int, float)) and np.isfinite(r[k])]
+def _series(rows: list[dict], key: str = "loss") -> tuple[list, list]:
+    pts = [(r["step"], float(r[key])) for r in rows if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def _found(run: Run, name: str) -> list[Path]:
+    return sorted(p for p in run.dir.rglob(name) if "_work" not in p.relative_to(run.dir).parts)
+
+
+def _curves(run: Run, path: Path) -> list[Chart]:
+    rows = _metrics(path)
+    train = [r for r in rows if r.get("event", "train") == "train"]
+    evals = [r for r in rows if r.get("event") == "eval"]
+    spikes = [r for r in rows if r.get("event") == "spike"]
+    where = str(path.parent.relative_to(run.dir))
+    series = {name: xy for name, xy in (("train", _series(train)), ("validation", _series(evals))) if xy[0]}
+    if not series:
+        return []
+    main = "validation" if "validation" in series else "train"
+    x, y = series[main]
+    reading = (f"{main} loss {y[0]:.3f} at step {x[0]} → {y[-1]:.3f} at step {x[-1]} ({(y[-1] - y[0]) / y[0]:+.1%})"
+               + (f"; train loss ends at {series['train'][1][-1]:.3f}" if main != "train" and "train" in series else "")
+               + f"; {len(spikes)} loss spike{'' if len(spikes) == 1 else 's'} rolled back.")
+    out = [Chart(f"Loss curves ({where})", ch.lines(series, f"Loss ({where})", "step", "loss (nats per token)"),
+                 reading)]
+    sources = sorted({s for r in evals for s in (r.get("sources") or {})})
+    per = {}
+    for src in sources:
+        pts = [(r["step"], r["sources"][src].get("bpb")) for r in evals if src in (r.get("sources") or {})]
+        pts = [(a, b) for a, b in pts if isinstance(b, (int, float))]
         if pts:
-            out[k] = ([p[0] for p in pts], [p[1] for p in pts])
+            per[src] = ([a for a, _ in pts], [b for _, b in pts])
+    if per:
+        gain = {s: (v[1][0] - v[1][-1]) / v[1][0] for s, v in per.items() if v[1][0]}
+        best = max(gain, key=lambda s: (gain[s], s))
+        worst = min(gain, key=lambda s: (gain[s], s))
+        first_last = {k: f"{v[1][0]:.3f} → {v[1][-1]:.3f}" for k, v in per.items()}
+        reading = (f"{len(per)} validation sources; {best} improves most ({first_last[best]} bits/byte) and {worst} "
+                   f"least ({first_last[worst]}).")
+        out.append(Chart(f"Validation loss per source ({where})", ch.lines(
+            per, f"Validation bits per byte per source ({where})", "step", "bits per byte"), reading))
     return out
 
 
+def _verification(run: Run, path: Path) -> str | None:
+    data = read_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("checks"), list):
+        return None
+    checks = [c for c in data["checks"] if isinstance(c, dict) and "name" in c]
+    if not checks:
+        return None
+    fails = [c["name"] for c in checks if c.get("status") == "fail"]
+    head = (f"{len(checks) - len(fails)} of {len(checks)} checks pass or were skipped"
+            + (f"; failed: {', '.join(fails)}" if fails else ""))
+    where = str(path.parent.relative_to(run.dir))
+    return (f"<h3>Verification of {html.escape(Path(str(data.get('mixture', where))).name)} "
+            f"<small>{html.escape(where)}</small></h3><p>{html.escape(head)}</p>"
+            + table(["check", "result", "reason"], [[c["name"], str(c.get("status", "")).upper(), c.get("reason", "")]
+                                                   for c in checks], numeric_from=9))
+
+
 def training(run: Run) -> Section | str:
-    """Loss curves from every ``metrics.jsonl`` in the run, verification checks, ablation tables."""
-    files = sorted(p for p in run.dir.rglob("metrics.jsonl") if "_work" not in p.parts)
-    verify = sorted(p for p in run.dir.rglob("verify.json") if "_work" not in p.parts)
-    if not files and not verify:
-        return "no metrics.jsonl or verify.json in the run (the trainer has not run on it)"
+    """Loss curves from every trainer ``metrics.jsonl`` in the run, verification reports, and
+    the ablations' own curves (PNG) and tables."""
     sec = Section("training", "Training, verification and ablations")
-    for path in files:
-        rows = _metrics(path)
-        keys = sorted({k for r in rows for k, v in r.items() if "loss" in k and isinstance(v, (int, float))})
-        curves = _curves(rows, keys)
-        if not curves:
-            continue
-        rel = path.parent.relative_to(run.dir)
-        main = next((k for k in ("train_loss", "loss", "val_loss") if k in curves), next(iter(curves)))
-        ys = curves[main][1]
-        reading = (f"{main} goes from {ys[0]:.3f} at step {curves[main][0][0]} to {ys[-1]:.3f} at step "
-                   f"{curves[main][0][-1]} ({(ys[-1] - ys[0]) / ys[0]:+.1%}); {len(rows)} logged steps.")
-        title = f"Loss curves ({rel})"
-        sec.charts.append(Chart(title, ch.lines(curves, title, "step", "loss"), reading))
-    for path in verify:
-        data = read_json(path) or {}
-        checks = data.get("checks", data if isinstance(data, list) else [])
-        rows = [[c.get("name", ""), "pass" if c.get("ok") else "FAIL", c.get("reason", c.get("detail", ""))]
-                for c in checks if isinstance(c, dict)]
-        if rows:
-            sec.tables.append(f"<h3>Verification ({html_escape(str(path.relative_to(run.dir)))})</h3>"
-                              + table(["check", "result", "reason"], rows, numeric_from=9))
+    for path in _found(run, "metrics.jsonl"):
+        sec.charts.extend(_curves(run, path))
+    for path in _found(run, "report.json"):
+        block = _verification(run, path)
+        if block:
+            sec.tables.append(block)
+    for path in _found(run, "*.png"):
+        if "ablation" in path.relative_to(run.dir).parts:
+            sec.charts.append(Chart(f"Ablation: {path.stem} ({path.parent.relative_to(run.dir)})", path.read_bytes(),
+                                    "Curves drawn by the ablation run itself (trainer/ablation.py)."))
     if not sec.charts and not sec.tables:
-        return "the trainer's files hold no loss values or checks"
+        return "no trainer metrics.jsonl, verification report or ablation output in the run"
     return sec
-
-
-def html_escape(s: str) -> str:
-    import html
-
-    return html.escape(s)

@@ -20,6 +20,8 @@ from .report_data import Run, StageView, parquet_source
 from .report_summary import stage_summary
 
 MB = 1e6
+BEFORE_LANGID = "(before langid)"
+MAX_LANGS = 16  # bars in the language chart; the rest are summed as "other"
 
 
 @dataclass
@@ -44,6 +46,11 @@ def pct(part: float, whole: float) -> str:
 
 def n(x: float) -> str:
     return f"{int(round(x)):,}"
+
+
+def num3(x: float) -> str:
+    """A figure with about three significant digits (whole numbers from 100 on)."""
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
 
 
 def table(header: list[str], rows: list[list], numeric_from: int = 1) -> str:
@@ -101,7 +108,8 @@ def funnel(run: Run) -> Section | str:
     worst = max(stages, key=lambda s: (s.counts["rejected"], -run.index(s)))
     reading = (f"{n(first.counts['input'])} records enter {first.name}; {n(last.counts['kept'])} documents "
                f"({pct(last.counts['kept'], first.counts['input'])}) leave {last.name}. {worst.name} removes the "
-               f"most: {n(worst.counts['rejected'])} ({pct(worst.counts['rejected'], worst.counts['input'])} of its input).")
+               f"most: {n(worst.counts['rejected'])} ({pct(worst.counts['rejected'], worst.counts['input'])} of its "
+               "input).")
     sec.charts.append(Chart("Documents per stage", ch.funnel(names, kept, rej, "Documents per stage", "documents"),
                             reading))
     sizes = [(s, _text_bytes(run, s)) for s in stages if s.kept_files]
@@ -144,7 +152,7 @@ def _rejected_groups(run: Run) -> list[tuple[str, str, str, str, int]]:
         if "reason" not in cols:
             continue
         src = "coalesce(source, '(none)')" if "source" in cols else "'(none)'"
-        lang = "coalesce(lang, '(none)')" if "lang" in cols else "'(before langid)'"
+        lang = "coalesce(lang, '(none)')" if "lang" in cols else f"'{BEFORE_LANGID}'"
         for reason, source, lg, cnt in run.rows(
                 f"SELECT reason, {src}, {lang}, count(*) FROM {parquet_source(s.rejected_files)} GROUP BY ALL"):
             out.append((s.name, reason, source, lg, int(cnt)))
@@ -210,6 +218,8 @@ def rejections(run: Run) -> Section | str:
     for g in groups:
         lang_count[g[3]] += g[4]
     langs = _top_cols(lang_count, 14)
+    if lang_count.get(BEFORE_LANGID) and BEFORE_LANGID not in langs:
+        langs[-1] = BEFORE_LANGID
     m = _matrix(groups, lambda g: g[0], lambda g: g[3], rej_stages, langs)
     top_lang = langs[0]
     by_stage_lang = Counter()
@@ -217,8 +227,9 @@ def rejections(run: Run) -> Section | str:
         if g[3] == top_lang:
             by_stage_lang[g[0]] += g[4]
     st, cnt = by_stage_lang.most_common(1)[0]
-    reading = (f"'{top_lang}' has the most rejected documents ({n(lang_count[top_lang])}, {pct(lang_count[top_lang], total)}"
-               f" of all rejections), most of them in {st} ({n(cnt)}); {len(lang_count)} language labels in all.")
+    reading = (f"'{top_lang}' has the most rejected documents ({n(lang_count[top_lang])}, "
+               f"{pct(lang_count[top_lang], total)} of all rejections), most of them in {st} ({n(cnt)}); "
+               f"{len(lang_count)} language labels in all.")
     sec.charts.append(Chart("Rejections by stage and language", ch.heatmap(
         rej_stages, langs, m, "Rejected documents by stage and language", "language", "stage", "documents"), reading))
     return sec
@@ -236,11 +247,15 @@ def _source_reading(run: Run, groups, src_count: Counter) -> str:
     top_src, top_n = src_count.most_common(1)[0]
     text = f"{top_src} has the most rejected documents ({n(top_n)})."
     rates = {s: src_count[s] / entered[s] for s in src_count if entered.get(s)}
-    if rates:
+    if len(rates) == 1:
+        (only,) = rates
+        text += f" It loses {pct(src_count[only], entered[only])} of what entered {first.name}."
+    elif rates:
         worst = max(rates, key=lambda s: (rates[s], s))
         best = min(rates, key=lambda s: (rates[s], s))
         text += (f" Relative to what entered {first.name}, {worst} loses the largest share "
-                 f"({pct(src_count[worst], entered[worst])}) and {best} the smallest ({pct(src_count[best], entered[best])}).")
+                 f"({pct(src_count[worst], entered[worst])}) and {best} the smallest "
+                 f"({pct(src_count[best], entered[best])}).")
     return text
 
 
@@ -268,9 +283,17 @@ def languages(run: Run) -> Section | str:
     final = later[-1] if later else None
     final_counts = _lang_counts(run, final) if final else None
     order = sorted(after, key=lambda k: (-after[k][0], k))
-    series = {f"after {lid.name}": [after[k][0] for k in order]}
+    shown = order if len(order) <= MAX_LANGS else order[: MAX_LANGS - 1]
+    rest = order[len(shown):]
+
+    def bars(counts: dict) -> list[int]:
+        vals = [counts.get(k, (0, 0.0))[0] for k in shown]
+        return vals + ([sum(counts.get(k, (0, 0.0))[0] for k in rest)] if rest else [])
+
+    labels = shown + ([f"{len(rest)} others"] if rest else [])
+    series = {f"after {lid.name}": bars(after)}
     if final_counts:
-        series[f"after {final.name}"] = [final_counts.get(k, (0, 0.0))[0] for k in order]
+        series[f"after {final.name}"] = bars(final_counts)
     total = sum(v[0] for v in after.values())
     total_b = sum(v[1] for v in after.values())
     top2 = order[:2]
@@ -285,7 +308,7 @@ def languages(run: Run) -> Section | str:
             reading += (f" Of the languages with at least 5 documents, '{lo}' keeps the smallest share by {final.name} "
                         f"({kept_share[lo]:.0%}) and '{hi}' the largest ({kept_share[hi]:.0%}).")
     sec = Section("languages", "Languages")
-    sec.charts.append(Chart("Documents per language", ch.grouped(order, series, "Documents per language",
+    sec.charts.append(Chart("Documents per language", ch.grouped(labels, series, "Documents per language",
                                                                  "documents", "language", fmt="{:.0f}"), reading))
     return sec
 
@@ -345,17 +368,17 @@ def perplexity(run: Run) -> Section | str:
         tail = dict(run.rows(f"SELECT {lang_col}, count(*) FROM {parquet_source(st.rejected_files)} GROUP BY ALL"))
     parts = []
     for lang, vals, cuts, ref in panels[:4]:
-        text = f"'{lang}' " + (" / ".join(f"{c:,.0f}" for c in cuts) if cuts else "no cut-off")
-        text += f", {n(tail.get(lang, 0))} rejected, median {np.median(vals):,.0f}" if vals.size else ""
+        text = f"'{lang}' " + (" / ".join(num3(c) for c in cuts) if cuts else "no cut-off")
+        text += f", {n(tail.get(lang, 0))} rejected, median {num3(np.median(vals))}" if vals.size else ""
         if ref.size:
-            text += f" against {np.median(ref):,.1f} on its reference text"
+            text += f" against {num3(np.median(ref))} on its reference text"
         parts.append(text)
     reading = f"Per-language {pcts} percentile cut-offs (dashed): " + "; ".join(parts) + "."
     if any(p[3].size for p in panels):
         reading += f" Reference documents ({', '.join(excl)}, grey) are scored but left out of the cut-offs."
     sec = Section("perplexity", "Perplexity")
     sec.charts.append(Chart("Perplexity per language", ch.histograms(
-        panels, "KenLM perplexity per language (log scale)", "perplexity (per token)",
+        panels, "KenLM perplexity per language (log x-axis where the range is wide)", "perplexity (per token)",
         extra_label=f"{', '.join(excl)} (not in cut-offs)"), reading))
     lm = run.first("train-lm", "train_lm")
     models = (lm.manifest or {}).get("models", {}) if lm else {}
@@ -382,7 +405,8 @@ def dedup(run: Run) -> Section | str:
     reasons = st.counts["reasons"] if st.counts else {}
     reading = (f"{n(sum(hist.values()))} clusters hold {n(sum(s * c for s, c in hist.items()))} documents; keeping one "
                f"per cluster removes {n(removed)} ({', '.join(f'{k} {n(v)}' for k, v in sorted(reasons.items()))}); "
-               f"{pct(hist.get(2, 0), sum(hist.values()))} of clusters are pairs, the largest has {max(sizes)} documents.")
+               f"{pct(hist.get(2, 0), sum(hist.values()))} of clusters are pairs, the largest has {max(sizes)} "
+               "documents.")
     sec = Section("dedup", "Deduplication")
     sec.charts.append(Chart("Duplicate cluster sizes", ch.vbars(
         [str(s) for s in sizes], [hist[s] for s in sizes], "Duplicate cluster sizes", "documents in the cluster",

@@ -21,6 +21,10 @@ def _top(counts: dict[str, float], k: int = 4) -> str:
     return _more([f"{name} {_n(v)}" for name, v in ranked], k)
 
 
+def _num3(x: float) -> str:
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
 def _more(items: list[str], k: int) -> str:
     """The first ``k`` items joined, and how many were left out."""
     return ", ".join(items[:k]) + (f" (+{len(items) - k} more)" if len(items) > k else "")
@@ -100,7 +104,7 @@ def _perplexity(s: StageView) -> list[str]:
         size = m.get("cutoff_docs_by_lang") or {}
         langs = sorted(m["cutoffs"], key=lambda lang: (-size.get(lang, 0), lang))
         lines.append(f"cut-offs {pct}: " + _more(
-            [f"{lang} " + "/".join(f"{c:,.0f}" for c in m["cutoffs"][lang]) for lang in langs], 4))
+            [f"{lang} " + "/".join(_num3(c) for c in m["cutoffs"][lang]) for lang in langs], 4))
     if m.get("buckets"):
         lines.append("buckets: " + ", ".join(f"{'unscored' if b == 'none' else b} {_n(n)}"
                                              for b, n in m["buckets"].items()))

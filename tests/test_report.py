@@ -21,6 +21,7 @@ from curate.cli import app
 from curate.manifest import read_manifest
 from curate.report import build_report
 from curate.report_data import load_run
+from curate.report_sections import num3
 from curate.report_summary import stage_summary
 from curate.runner import run_pipeline
 from stages.train_lm import find_tool
@@ -115,12 +116,13 @@ def test_demo_report_covers_the_run(demo_run, demo_report):
     assert f"{ext['input_rows']:,} records enter extract; {last['kept_rows']:,} documents" in text
     st = pii["stats"]
     assert f"{st['pii.total']:,} detections in {st['pii.docs_with_pii']:,} of {pii['input_rows']:,} documents" in text
-    assert f"{mix['mixture']['train_tokens']:,} train tokens over {len(mix['mixture']['target_weights'])} sources" in text
+    sources = mix["mixture"]["target_weights"]
+    assert f"{mix['mixture']['train_tokens']:,} train tokens over {len(sources)} sources" in text
     cl = dd["clusters"]
     assert f"{cl['clusters']:,} clusters hold {cl['documents_in_clusters']:,} documents" in text
     cut = read_manifest(demo_run / "perplexity")["cutoffs"]
     for lang, (lo, hi) in cut.items():
-        assert f"'{lang}' {lo:,.0f} / {hi:,.0f}" in text
+        assert f"'{lang}' {num3(lo)} / {num3(hi)}" in text
     # every stage with rejections shows samples of its top reason
     for stage in ("extract", "quality", "perplexity", "dedup"):
         reasons = read_manifest(demo_run / stage)["reasons"]
@@ -182,7 +184,8 @@ def test_inspect_says_what_each_stage_did(demo_run):
     meta = json.loads((demo_run / "mix" / "meta.json").read_text())
     assert stage_summary(mix)[0] == f"{meta['train']['tokens']:,} train + {meta['val']['tokens']:,} val tokens"
     web = meta["sources"]["web"]
-    assert f"web {web['target_weight']:.2f}→{web['achieved_weight']:.2f} ×{web['epochs']:.2f}" in stage_summary(mix)[1]
+    assert (f"web {web['target_weight']:.2f}→{web['achieved_weight']:.2f} ×{web['epochs']:.2f}"
+            in stage_summary(mix)[1])
     r = CliRunner().invoke(app, ["inspect", str(demo_run)])
     assert r.exit_code == 0, r.output
     assert "what it did" in r.output and "detections" in r.output and "cut-offs" in r.output
