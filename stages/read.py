@@ -352,7 +352,6 @@ class Read(SourceStage):
     def process_source(self, path: str) -> ShardResult:
         p = Path(path)
         fmt = self._format(p)
-        cols: dict[str, list] = {}
         reasons: list[str | None] = []
         details: list[str | None] = []
         if fmt is None:
@@ -365,18 +364,25 @@ class Read(SourceStage):
             records = iter_records(p, fmt, columns=wanted, max_record_bytes=self.config.max_record_bytes,
                                    batch_rows=self.config.batch_rows)
         schema = self._schema(auto_types)
-        for f in schema:
-            cols[f.name] = []
+        # Rows become Arrow batches every batch_rows records: Arrow holds text far more
+        # compactly than Python strings (and a batch never nears the 2 GiB offset limit).
+        batches: list[pa.RecordBatch] = []
+        cols = {f.name: [] for f in schema}
         ids_kept: dict[str, int] = {}
         n = 0
         for rec in records:
             row, reason, detail = self._row(path, rec, ids_kept)
-            for k in cols:
-                cols[k].append(row.get(k))
+            for k, values in cols.items():
+                values.append(row.get(k))
             reasons.append(reason)
             details.append(detail)
             n += 1
-        kept, dropped = split_by_mask(pa.Table.from_pydict(cols, schema=schema), [r is None for r in reasons])
+            if n % self.config.batch_rows == 0:
+                batches.append(pa.RecordBatch.from_pydict(cols, schema=schema))
+                cols = {f.name: [] for f in schema}
+        batches.append(pa.RecordBatch.from_pydict(cols, schema=schema))
+        table = pa.Table.from_batches(batches, schema=schema)
+        kept, dropped = split_by_mask(table, [r is None for r in reasons])
         rejected = make_rejected(dropped, self.name, [r for r in reasons if r],
                                  [d for r, d in zip(reasons, details) if r])
         stats = {"records": n, f"format.{fmt or 'unknown'}": 1}

@@ -106,6 +106,9 @@ def test_mapped_ids_null_duplicate_and_typed(tmp_path):
     dup = res.rejected.to_pylist()[2]
     assert dup["id"] == _blake(str(p), 3) and "record 0" in dup["detail"]
     assert res.n_input == len(rows)
+    # rows are turned into Arrow batches of batch_rows: the same result, duplicates seen across batches
+    _, [small] = _run(_stage(columns={"text": "text", "id": "doc_id"}, batch_rows=3), [str(p)])
+    assert small.kept.equals(res.kept) and small.rejected.equals(res.rejected)
 
 
 def test_keep_columns_typed_for_json(tmp_path):
