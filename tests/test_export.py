@@ -101,6 +101,9 @@ def test_parquet_equals_concatenated_shards(run, tmp_path):
     got = pq.read_table(out)
     assert res["rows"] == got.num_rows
     assert got.equals(_shards(run, "read").select(["id", "text", "messages"]))
+    again = tmp_path / "again.parquet"
+    export_stage(run, "read", "parquet", columns=["id", "text", "messages"], out=again)
+    assert again.read_bytes() == out.read_bytes()
 
 
 def test_messages_from_struct_lists_and_from_json_text(run, tmp_path):
