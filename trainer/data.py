@@ -211,14 +211,7 @@ class PretrainData:
 
     def val_sets(self) -> dict[str, np.ndarray]:
         """Validation tokens per source (files ``val-<source>-*.bin``)."""
-        by: dict[str, list[Path]] = {}
-        for f in self.meta["val"]["files"]:
-            by.setdefault(f["source"], []).append(self.dir / f["path"])
-        out = {}
-        for s, paths in by.items():
-            c = Concat(paths, self.dtype)
-            out[s] = c.read(0, c.n)
-        return out
+        return read_val_sets(self.dir)
 
     def val_batches(self, max_tokens: int | None, batch_size: int):
         """Yield ``(source, Batch)``: every validation target once (up to ``max_tokens`` per source)."""
@@ -226,6 +219,26 @@ class PretrainData:
             if max_tokens:
                 v = v[: max_tokens + 1]
             yield from ((s, b) for b in windows(v, self.T, batch_size))
+
+
+def read_val_sets(d: str | Path, tokenizer_sha256: str | None = None) -> dict[str, np.ndarray]:
+    """Validation tokens per source of a mixture directory (its ``val.files``, by ``source``).
+
+    Args:
+        tokenizer_sha256: when given, the directory's tokenizer must be this one.
+    """
+    d = Path(d)
+    meta = read_meta(d)
+    if tokenizer_sha256 and meta["tokenizer"]["sha256"] != tokenizer_sha256:
+        raise DataError(f"{d}: tokenizer {meta['tokenizer']['sha256'][:12]} differs from the run's {tokenizer_sha256[:12]}")
+    by: dict[str, list[Path]] = {}
+    for f in meta["val"]["files"]:
+        by.setdefault(f.get("source", "val"), []).append(d / f["path"])
+    out = {}
+    for s, paths in by.items():
+        c = Concat(paths, np.dtype(meta["dtype"]))
+        out[s] = c.read(0, c.n)
+    return out
 
 
 def windows(v: np.ndarray, T: int, batch_size: int):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .data import Batch, DataError, open_data, sha256_file, token_bytes
+from .data import Batch, DataError, open_data, read_val_sets, sha256_file, token_bytes, windows
 from .model import GPT, ModelConfig, flops_per_token, read_checkpoint, save_checkpoint
 from .resize import grow_vocab, read_id_map
 
@@ -71,8 +72,9 @@ class TrainConfig(BaseModel):
     eval_every: int = Field(50, ge=1)
     eval_tokens: int = Field(50_000, ge=0, description="validation targets per source (0: all)")
     eval_batch: int = Field(16, ge=1)
+    eval_from: list[str] = Field(default_factory=list, description="more mixture dirs whose val sets are evaluated")
     ckpt_every: int = Field(50, ge=1)
-    spike_factor: float = Field(3.0, ge=0, description="0 switches spike detection off")
+    spike_factor: float = Field(2.0, ge=0, description="0 switches spike detection off")
     spike_window: int = Field(20, ge=1)
     spike_skip: int = Field(0, ge=0, description="batches before the offending one also skipped")
     max_rollbacks: int = Field(5, ge=0)
@@ -165,6 +167,11 @@ def evaluate(model, data, cfg: TrainConfig, device, autocast, nbytes: torch.Tens
     model.eval()
     acc: dict[str, list[float]] = {}
     it = batches if batches is not None else data.val_batches(cfg.eval_tokens or None, cfg.eval_batch)
+    for extra in cfg.eval_from:
+        name = Path(extra).name
+        sets = read_val_sets(extra, data.meta["tokenizer"]["sha256"])
+        it = itertools.chain(it, ((f"{name}/{s}", b) for s, v in sets.items()
+                                  for b in windows(v[: (cfg.eval_tokens or len(v)) + 1], cfg.block_size, cfg.eval_batch)))
     for src, b in it:
         t = device_tensors(b, device)
         w = t["w"] if t["w"] is not None else torch.ones_like(t["y"], dtype=torch.float32)
@@ -441,6 +448,8 @@ def arg_parser() -> argparse.ArgumentParser:
             ap.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None)
         elif ann == list[int]:
             ap.add_argument(flag, dest=name, type=int, nargs="*", default=None)
+        elif ann == list[str]:
+            ap.add_argument(flag, dest=name, nargs="*", default=None)
         elif ann in (int, float):
             ap.add_argument(flag, dest=name, type=ann, default=None)
         elif ann == float | None:
