@@ -64,3 +64,18 @@ def sample_corpus(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("sample")
     samplegen.generate(out, seed=0)
     return out
+
+
+@pytest.fixture(scope="session")
+def demo_run(sample_corpus, tmp_path_factory) -> Path:
+    """The demo pipeline (manifests/demo.yaml, local executor) run once on the sample crawl."""
+    import yaml
+
+    from curate.runner import run_pipeline
+
+    spec = yaml.safe_load((ROOT / "manifests" / "demo.yaml").read_text())
+    spec["stages"]["extract"]["input"]["paths"] = [str(sample_corpus)]
+    spec["stages"]["mix"]["config"]["mixture"] = str(ROOT / "manifests" / "mixtures" / "demo.yaml")
+    run = tmp_path_factory.mktemp("demo_run")
+    run_pipeline(spec, run, executor="local", workers=1, log=lambda *_: None)
+    return run
