@@ -71,13 +71,20 @@ class StageView:
             return f"running: {self.partial['shards']} shards done"
         return "started, nothing finished"
 
+    def _done(self, files: list[Path]) -> list[Path]:
+        """``files`` of a finished stage; of a running one, those its shard markers list."""
+        if self.manifest is not None or self.partial is None:
+            return files
+        listed = self.partial["files"]
+        return [f for f in files if str(f.relative_to(self.dir)) in listed]
+
     @cached_property
     def kept_files(self) -> list[Path]:
-        return sorted(self.dir.glob("part-*.parquet"))
+        return self._done(sorted(self.dir.glob("part-*.parquet")))
 
     @cached_property
     def rejected_files(self) -> list[Path]:
-        return sorted((self.dir / "rejected").glob("*.parquet"))
+        return self._done(sorted((self.dir / "rejected").glob("*.parquet")))
 
     @property
     def counts(self) -> dict[str, Any] | None:
@@ -106,13 +113,20 @@ class StageView:
 def _sum_markers(stage_dir: Path) -> dict[str, Any] | None:
     """Sum the per-shard markers of a stage that has not written its manifest yet."""
     markers = [read_json(p) for p in sorted((stage_dir / SHARDS_DIR).glob("*.json"))]
+    # a phase-engine marker holds the shard's marker body under "result"
+    markers = [m.get("result", m) if isinstance(m, dict) else None for m in markers]
     markers = [m for m in markers if isinstance(m, dict) and "kept" in m]
     if not markers:
         return None
     reasons: Counter = Counter()
     stats: Counter = Counter()
     n_in = 0
+    files: set[str] = set()
     for m in markers:
+        for f in list(m.get("files") or []) + list((m.get("outputs") or {}).values()):
+            if isinstance(f, dict) and f.get("path"):
+                p = Path(f["path"])  # absolute, or relative to the stage or the working directory
+                files.add(f"rejected/{p.name}" if p.parent.name == "rejected" else p.name)
         reasons.update(m.get("reasons") or {})
         for k, v in (m.get("stats") or {}).items():
             if isinstance(v, (int, float)) and not isinstance(v, bool):
@@ -121,7 +135,7 @@ def _sum_markers(stage_dir: Path) -> dict[str, Any] | None:
         n_in += int(inp.get("rows", 0) if isinstance(inp, dict) else inp or 0)
     return {"shards": len(markers), "input_rows": n_in, "kept_rows": sum(int(m["kept"]) for m in markers),
             "rejected_rows": sum(int(m.get("rejected", 0)) for m in markers),
-            "reasons": dict(reasons), "stats": dict(stats)}
+            "reasons": dict(reasons), "stats": dict(stats), "files": files}
 
 
 @dataclass

@@ -198,3 +198,28 @@ def test_report_command(demo_run, tmp_path):
     assert out.is_file() and str(out.resolve()) in r.output.replace("\n", "")
     r = CliRunner().invoke(app, ["report", str(tmp_path / "missing")])
     assert r.exit_code == 2 and "run directory not found" in r.output
+
+
+def test_stage_stopped_half_way_counts_finished_shards(demo_run, tmp_path):
+    """A stage without a manifest (stopped, or still running) is summed from its shard markers,
+    and only the shards those markers list are read."""
+    run = tmp_path / "run"
+    shutil.copytree(demo_run, run)
+    q = run / "quality"
+    (q / "_manifest.json").unlink()
+    (q / "_SUCCESS").unlink()
+    markers = sorted((q / "_shards").glob("*.json"))
+    for m in markers[2:]:
+        m.unlink()
+    bodies = [json.loads(m.read_text()) for m in markers[:2]]
+    bodies = [b.get("result", b) for b in bodies]
+    stage = next(s for s in load_run(run).stages if s.name == "quality")
+    assert stage.state == "running: 2 shards done"
+    assert stage.counts["kept"] == sum(b["kept"] for b in bodies)
+    assert stage.counts["rejected"] == sum(b["rejected"] for b in bodies)
+    assert [f.name for f in stage.kept_files] == ["part-00000.parquet", "part-00001.parquet"]
+    path, info = build_report(run)
+    text = _text(path.read_text())
+    assert "running: 2 shards done" in text and "Pretraining mixture" in info["sections"]
+    r = CliRunner().invoke(app, ["inspect", str(run)])
+    assert r.exit_code == 0 and "running: 2 shards" in r.output
