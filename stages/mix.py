@@ -81,11 +81,14 @@ class SourceSpec(StageConfig):
 
 
 class TokenizerSpec(StageConfig):
-    """The base tokenizer: ``path`` to a user's ``tokenizer.json``, or train one.
+    """The base tokenizer: ``path`` to a user's ``tokenizer.json``, another stage's, or train one.
 
     Attributes:
         path: an existing ``tokenizer.json`` (relative paths resolve against the current
-            directory); when unset a byte-level BPE is trained on a sample of the input.
+            directory); when neither it nor ``from_stage`` is set a byte-level BPE is trained
+            on a sample of the input.
+        from_stage: a pipeline stage whose output directory holds the ``tokenizer.json`` to
+            use (e.g. the ``vocab`` stage's extended tokenizer); that stage runs first.
         vocab_size: vocabulary size of a trained tokenizer.
         min_frequency: BPE merge threshold of a trained tokenizer.
         sample_bytes: about this many bytes of assigned text are sampled for training.
@@ -93,10 +96,23 @@ class TokenizerSpec(StageConfig):
     """
 
     path: str | None = None
+    from_stage: str | None = None
     vocab_size: int = Field(default=8192, ge=260, le=1 << 31)
     min_frequency: int = Field(default=2, ge=1)
     sample_bytes: int = Field(default=20_000_000, gt=0)
     eos_token: str = bpe.DEFAULT_EOS
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if self.path and self.from_stage:
+            raise ValueError("set at most one of tokenizer.path and tokenizer.from_stage")
+        return self
+
+    def file(self, run_dir: Path) -> Path | None:
+        """The tokenizer file to load (``path``, or ``from_stage``'s ``tokenizer.json``); None: train one."""
+        if self.from_stage:
+            return Path(run_dir) / self.from_stage / "tokenizer.json"
+        return Path(self.path) if self.path else None
 
 
 class MixtureSpec(StageConfig):
@@ -363,8 +379,8 @@ def prepare_tokenizer(mix: MixtureSpec, shards: list[Path], out_dir: Path) -> st
     """Load or train the tokenizer, write ``out_dir/tokenizer.json``; return its JSON text."""
     spec = mix.tokenizer
     target = out_dir / "tokenizer.json"
-    if spec.path:
-        src = Path(spec.path)
+    src = spec.file(out_dir.parent)  # a stage directory's parent is the run directory
+    if src is not None:
         if not src.is_file():
             raise ConfigError(f"mixture {mix.name!r}: tokenizer file not found: {src}")
         blob = src.read_text(encoding="utf-8")
@@ -505,10 +521,16 @@ class MixStage(GlobalStage):
     version = "1"
     Config = MixConfig
 
+    def stage_refs(self) -> list[str]:
+        """The stage the tokenizer comes from (``tokenizer.from_stage``) runs first."""
+        ref = self.config.mixture.tokenizer.from_stage  # type: ignore[attr-defined]
+        return [ref] if ref else []
+
     def extra_inputs(self, run_dir: Path) -> list[tuple[str, str]]:
-        """A user's tokenizer file: a changed tokenizer makes a finished mixture stale."""
-        tok = self.config.mixture.tokenizer.path  # type: ignore[attr-defined]
-        if tok and Path(tok).is_file():
+        """A user's (or another stage's) tokenizer file: a changed tokenizer makes a finished
+        mixture stale."""
+        tok = self.config.mixture.tokenizer.file(run_dir)  # type: ignore[attr-defined]
+        if tok and tok.is_file():
             from curate.shardio import sha256_file
 
             return [("tokenizer", sha256_file(tok))]
@@ -618,8 +640,9 @@ class MixStage(GlobalStage):
                 "vocab_size": vocab,
                 "eos_token": mix.tokenizer.eos_token,
                 "eos_id": eos,
-                "trained": mix.tokenizer.path is None,
+                "trained": mix.tokenizer.file(out.parent) is None,
                 "source_path": mix.tokenizer.path,
+                "source_stage": mix.tokenizer.from_stage,
             },
             "dtype": dtype.name,
             "budget_tokens": mplan.budget,
