@@ -208,18 +208,30 @@ class _ZstdRaw(io.RawIOBase):
 
 
 def _open_bytes(path: str | os.PathLike):
-    """A buffered binary stream of the file's bytes, decompressed by its magic number."""
+    """A buffered binary stream of the file's bytes, decompressed by its magic number.
+
+    A file whose name has no compression suffix is read as plain bytes when its magic
+    number is not followed by a valid header (text that happens to start that way)."""
     f = open(path, "rb")
-    head = f.peek(6)[:6] if hasattr(f, "peek") else b""
+    head = f.peek(6)[:6]
     if head[:2] == b"\x1f\x8b":
-        return gzip.GzipFile(fileobj=f, mode="rb")
-    if head[:4] == b"\x28\xb5\x2f\xfd":
-        return io.BufferedReader(_ZstdRaw(f), buffer_size=1 << 16)
-    if head[:3] == b"BZh" and str(path).lower().endswith(".bz2"):  # "BZh" can start a text line
-        return bz2.BZ2File(f)
-    if head[:6] == b"\xfd7zXZ\x00":
-        return lzma.LZMAFile(f)
-    return f
+        stream = gzip.GzipFile(fileobj=f, mode="rb")
+    elif head[:4] == b"\x28\xb5\x2f\xfd":
+        stream = io.BufferedReader(_ZstdRaw(f), buffer_size=1 << 16)
+    elif head[:3] == b"BZh" and str(path).lower().endswith(".bz2"):  # "BZh" can start a text line
+        stream = bz2.BZ2File(f)
+    elif head[:6] == b"\xfd7zXZ\x00":
+        stream = lzma.LZMAFile(f)
+    else:
+        return f
+    if str(path).lower().endswith(_COMPRESSED_SUFFIXES):
+        return stream
+    try:
+        stream.peek(1)
+    except (EOFError, *_stream_errors()):
+        f.seek(0)
+        return f
+    return stream
 
 
 def _stream_errors() -> tuple[type[BaseException], ...]:
@@ -430,25 +442,26 @@ def _project(schema: pa.Schema, columns: list[str] | None) -> list[str] | None:
 def _iter_parquet(path, columns, batch_rows) -> Iterator[RawRecord]:
     try:
         pf = pq.ParquetFile(path)
-    except (pa.ArrowException, OSError) as e:
+        cols = _project(pf.schema_arrow, columns)
+        sizes = [pf.metadata.row_group(rg).num_rows for rg in range(pf.num_row_groups)]
+    except (pa.ArrowException, OSError, ValueError) as e:  # ValueError: undecodable names in the footer
         yield RawRecord(0, None, _one_line(f"corrupt: not a readable Parquet file: {e}"))
         return
-    cols = _project(pf.schema_arrow, columns)
     index = 0
-    for rg in range(pf.num_row_groups):
-        n = pf.metadata.row_group(rg).num_rows
-        done = 0
+    for rg, n in enumerate(sizes):
+        # A row group is decoded whole before any of its rows is handed out: one
+        # that fails, or decodes to another row count than the footer's, is not trusted at all.
         try:
-            for batch in pf.iter_batches(batch_size=batch_rows, row_groups=[rg], columns=cols):
-                for row in batch.to_pylist():
-                    yield RawRecord(index, row, None)
-                    index += 1
-                    done += 1
-        except (pa.ArrowException, OSError) as e:
-            msg = _one_line(f"corrupt: row group {rg} cannot be decoded: {e}")
-            for _ in range(n - done):
-                yield RawRecord(index, None, msg)
-                index += 1
+            rows = [r for b in pf.iter_batches(batch_size=batch_rows, row_groups=[rg], columns=cols)
+                    for r in b.to_pylist()]
+            msg = None if len(rows) == n else f"corrupt: row group {rg} decodes to {len(rows)} rows, its footer says {n}"
+        except (pa.ArrowException, OSError, UnicodeDecodeError) as e:
+            rows, msg = [], _one_line(f"corrupt: row group {rg} cannot be decoded: {e}")
+        if msg is not None:
+            rows = [None] * n
+        for row in rows:
+            yield RawRecord(index, row, msg)
+            index += 1
 
 
 def _arrow_batches(path) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
@@ -492,7 +505,7 @@ def _iter_arrow(files: list[Path], columns, start: int = 0) -> Iterator[RawRecor
         except PermissionError as e:
             yield RawRecord(index, None, _one_line(f"unreadable: {e}"))
             index += 1
-        except (pa.ArrowException, OSError) as e:
+        except (pa.ArrowException, OSError, UnicodeDecodeError) as e:
             yield RawRecord(index, None, _one_line(f"corrupt: {f.name}: unreadable from record {index} on: {e}"))
             index += 1
 

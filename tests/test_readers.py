@@ -22,6 +22,11 @@ from hypothesis import strategies as st
 from curate.readers import ReaderError, detect_format, error_kind, iter_records
 from stages.read import Read, ReadConfig
 
+def _examples(default: int) -> int:
+    """Hypothesis examples per fuzz test; ``CURATE_FUZZ_EXAMPLES`` raises it (``make fuzz``)."""
+    return int(os.environ.get("CURATE_FUZZ_EXAMPLES", default))
+
+
 SHARED_SFT = Path(__file__).resolve().parents[2] / "shared" / "sft" / "llama_factory" / "alpaca_en_demo.json"
 
 
@@ -265,13 +270,13 @@ _LINE = st.one_of(
 )
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=_examples(80), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(lines=st.lists(_LINE, max_size=25), crlf=st.booleans(), gz=st.booleans(), cut=st.floats(0, 1))
 def test_fuzz_jsonl_counts_match_the_bytes(tmp_path, lines, crlf, gz, cut):
     """Whatever the bytes: no exception, contiguous indices, and as many records as the file
     holds (for a cut gzip file: its complete lines plus one record for the lost tail)."""
     data = (b"\r\n" if crlf else b"\n").join(lines)
-    p = tmp_path / "f.jsonl.gz"
+    p = tmp_path / ("f.jsonl.gz" if gz else "f.jsonl")
     if gz:
         blob = gzip.compress(data)
         blob = blob[: max(2, int(len(blob) * cut))] if cut < 0.98 else blob
@@ -295,7 +300,7 @@ _ELEM = st.one_of(st.builds(lambda t, n: {"text": t, "n": n}, st.text(max_size=3
                   st.integers(), st.text(max_size=10), st.lists(st.integers(), max_size=3), st.none())
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=_examples(60), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(elems=st.lists(_ELEM, max_size=20), indent=st.sampled_from([None, 1]), cut=st.floats(0, 1))
 def test_fuzz_json_array(tmp_path, elems, indent, cut):
     """A whole array gives one record per element; a cut one its complete leading elements
@@ -315,7 +320,7 @@ def test_fuzz_json_array(tmp_path, elems, indent, cut):
         assert [r.value for r in recs[:-1]] == [e if isinstance(e, dict) else None for e in elems[: len(recs) - 1]]
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=_examples(40), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(pos=st.floats(0, 1), width=st.integers(1, 64), byte=st.integers(0, 255))
 def test_fuzz_parquet_damage(tmp_path, pos, width, byte):
     """Bytes overwritten anywhere: no exception; a readable footer means exactly the rows it
