@@ -5,7 +5,7 @@ Records are framed by this module, not by trusting ``Content-Length`` alone: a r
 accepted only when its block is followed by the ``CRLF CRLF`` trailer and then by the next
 ``WARC/1.x`` header line (or the end of the data). A record whose length lies (too large: it
 would swallow the records after it; too small: it would truncate its document) becomes one
-corrupt item reaching up to the next header line found at a line start, and reading resumes
+corrupt item reaching up to the next header line found after it, and reading resumes
 there. The same framing applies inside every gzip member. A corrupt or truncated gzip member
 is reported and skipped, and reading resumes at the next member that decompresses.
 
@@ -31,7 +31,10 @@ MAX_HEADER_BYTES = 1 << 16  # a WARC header block longer than this is not a head
 HEAD_BYTES = 1 << 16  # what is kept of an oversize record (enough for its headers)
 
 _HEADER_AT = re.compile(rb"WARC/\d+\.\d+\r?\n")
-_HEADER_NEXT = re.compile(rb"\nWARC/\d+\.\d+\r?\n")
+# A header line (where a damaged region ends, not always at a line start), or the start of
+# one that the end of the data cuts.
+_HEADER_NEXT = re.compile(rb"WARC/(?:\d+\.\d+\r?\n|[0-9.]*\r?\Z)")
+_HEADER_CUT = re.compile(rb"W(?:A(?:R(?:C(?:/[0-9.]*\r?)?)?)?)?\Z")
 
 
 @dataclass
@@ -97,9 +100,9 @@ def _header(headers: dict[str, str], name: str) -> str | None:
 
 
 def _next_header(buf, start: int) -> int | None:
-    """Offset of the next ``WARC/x.y`` line that starts a line at or after ``start``."""
-    m = _HEADER_NEXT.search(buf, max(0, start - 1))
-    return m.start() + 1 if m else None
+    """Offset of the next ``WARC/x.y`` header line at or after ``start``."""
+    m = _HEADER_NEXT.search(buf, start)
+    return m.start() if m else None
 
 
 def _skip_blank(buf, pos: int) -> int:
@@ -146,7 +149,7 @@ def split_records(buf) -> Iterator[Frame]:
         after = stop + len(trailer)
         if after <= n and buf[stop:after] == trailer:
             nxt_pos = _skip_blank(buf, after)
-            if nxt_pos >= n or _HEADER_AT.match(buf, nxt_pos):
+            if nxt_pos >= n or _HEADER_AT.match(buf, nxt_pos) or _HEADER_CUT.match(buf, nxt_pos):
                 yield Frame(pos, after, block, length, headers)
                 pos = nxt_pos
                 continue
