@@ -205,7 +205,7 @@ def test_demo_job_survives_a_killed_worker_node(small_sample, tmp_path):
         job = subprocess.Popen(
             ["make", "--no-print-directory", "submit", "PIPELINE=manifests/demo.yaml", f"RAY_ADDRESS={dashboard}",
              f"RUN={run}", f"INPUTS=extract={small_sample}"],
-            cwd=ROOT, env={**env, "RAY_AUTH_TOKEN_PATH": str(token)}, stdout=job_log, stderr=subprocess.STDOUT)
+            cwd=ROOT, env=cluster_env, stdout=job_log, stderr=subprocess.STDOUT)
         job_log.close()
         # mid-stage: while the worker node's actor runs a task (Ray titles the process
         # "ray::_WorkerHost.run" during a call); its first task may come after extract, as
