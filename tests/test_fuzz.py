@@ -29,7 +29,7 @@ from curate.errors import CurateError
 from stages.extract import Extract, ExtractConfig
 
 EXAMPLES = int(os.environ.get("CURATE_FUZZ_EXAMPLES", "0") or 0)
-FUZZ = settings(max_examples=EXAMPLES or 20, deadline=None, derandomize=not EXAMPLES,
+FUZZ = settings(max_examples=EXAMPLES or 20, deadline=None, derandomize=not EXAMPLES, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                                        HealthCheck.data_too_large])
 
