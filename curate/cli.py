@@ -60,6 +60,42 @@ def run(
 
 
 @app.command()
+def validate(
+    pipeline: Path = typer.Argument(..., help="pipeline YAML (see manifests/)"),
+):
+    """Check a whole pipeline without running anything: stage types, every stage's config,
+    inputs, references between stages, cycles and input paths."""
+    from .config import load_pipeline
+    from .pipeline import check_paths
+    from .pipeline import validate as validate_pipeline
+
+    try:
+        spec = load_pipeline(pipeline)
+        plan = validate_pipeline(spec, str(pipeline))
+        check_paths(plan, str(pipeline))
+    except CurateError as e:
+        _fail(e)
+    order = " -> ".join(f"{p.name} ({p.type})" if p.type != p.name else p.name for p in plan)
+    console.print(f"ok: {pipeline}: {len(plan)} stages: {order}", highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command()
+def reasons(
+    markdown: bool = typer.Option(False, "--markdown", help="the docs table (docs/REASONS.md)"),
+):
+    """List every reject reason code with its meaning (the reason registry)."""
+    from . import reasons as registry
+
+    if markdown:
+        sys.stdout.write(registry.markdown())
+        return
+    t = Table("code", "meaning", "declared in", title="reject reasons")
+    for code, (text, origin) in registry.registry().items():
+        t.add_row(code, text, origin)
+    console.print(t)
+
+
+@app.command()
 def sql(
     query_text: str = typer.Argument(..., metavar="SQL"),
     run_dir: Path = typer.Option(..., "--run", help="run directory"),
