@@ -453,7 +453,7 @@ def _iter_parquet(path, columns, batch_rows) -> Iterator[RawRecord]:
         # that fails, or decodes to another row count than the footer's, is not trusted at all.
         try:
             rows = [r for b in pf.iter_batches(batch_size=batch_rows, row_groups=[rg], columns=cols)
-                    for r in b.to_pylist()]
+                    for r in _checked(b).to_pylist()]
             msg = None if len(rows) == n else f"corrupt: row group {rg} decodes to {len(rows)} rows, its footer says {n}"
         except (pa.ArrowException, OSError, UnicodeDecodeError) as e:
             rows, msg = [], _one_line(f"corrupt: row group {rg} cannot be decoded: {e}")
@@ -462,6 +462,13 @@ def _iter_parquet(path, columns, batch_rows) -> Iterator[RawRecord]:
         for row in rows:
             yield RawRecord(index, row, msg)
             index += 1
+
+
+def _checked(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """``batch`` after a full validation (offsets, UTF-8): damaged Arrow buffers raise
+    ArrowInvalid here instead of crashing the interpreter when converted to Python."""
+    batch.validate(full=True)
+    return batch
 
 
 def _arrow_batches(path) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
@@ -499,7 +506,7 @@ def _iter_arrow(files: list[Path], columns, start: int = 0) -> Iterator[RawRecor
             for batch in batches:
                 if cols is not None:
                     batch = batch.select(cols)
-                for row in batch.to_pylist():
+                for row in _checked(batch).to_pylist():
                     yield RawRecord(index, row, None)
                     index += 1
         except PermissionError as e:

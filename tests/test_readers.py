@@ -341,3 +341,22 @@ def test_fuzz_parquet_damage(tmp_path, pos, width, byte):
         assert len(recs) == 1 and recs[0].error
     else:
         assert len(recs) == rows
+
+
+@settings(max_examples=_examples(60), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pos=st.floats(0, 1), width=st.integers(1, 8), byte=st.integers(0, 255))
+def test_fuzz_arrow_stream_damage(tmp_path, pos, width, byte):
+    """Overwritten bytes in an Arrow stream: an exception or a crash while converting damaged
+    buffers must not happen (batches are fully validated first); whatever is not readable
+    ends the file with one error record."""
+    t = pa.table({"text": [f"row {i} " * 9 for i in range(90)], "i": list(range(90))})
+    p = tmp_path / "s.arrow"
+    _write_stream(p, t, 30)
+    b = bytearray(p.read_bytes())
+    at = int((len(b) - width) * pos)
+    b[at:at + width] = bytes([byte]) * width
+    p.write_bytes(bytes(b))
+    recs = _records(p)
+    assert len(recs) <= 91
+    assert all(r.error is None for r in recs[:-1])
+    assert all(isinstance(r.value, dict) for r in recs if r.error is None)
