@@ -1,6 +1,6 @@
 """The run report (`curate report`) and `curate inspect`'s per-stage summaries.
 
-The demo pipeline runs on the generated sample crawl (local executor); its report is opened in
+The demo pipeline runs on the generated sample crawl (conftest's ``demo_run``); its report is opened in
 Debian's Chromium (headless, driven through chromedriver by selenium), and every image must load
 with no console error. The screenshot is kept under build/test-artifacts/.
 """
@@ -14,7 +14,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import yaml
 from typer.testing import CliRunner
 
 from curate.cli import app
@@ -24,29 +23,9 @@ from curate.report_data import load_run
 from curate.report_sections import num3
 from curate.report_summary import stage_summary
 from curate.runner import run_pipeline
-from stages.train_lm import find_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "build" / "test-artifacts"
-
-
-def _demo_spec(corpus: Path) -> dict:
-    spec = yaml.safe_load((ROOT / "manifests" / "demo.yaml").read_text())
-    spec.update(executor="local", workers=1)
-    spec["stages"]["extract"]["input"] = {"paths": [str(corpus)]}
-    spec["stages"]["mix"]["config"]["mixture"] = str(ROOT / "manifests" / "mixtures" / "demo.yaml")
-    return spec
-
-
-@pytest.fixture(scope="module")
-def demo_run(sample_corpus, tmp_path_factory) -> Path:
-    try:
-        find_tool("lmplz")
-    except Exception:
-        pytest.skip("lmplz not built: run `make lmplz` (make test does) to run the demo pipeline")
-    run = tmp_path_factory.mktemp("demo-run")
-    run_pipeline(_demo_spec(sample_corpus), run, log=lambda *_: None)
-    return run
 
 
 @pytest.fixture(scope="module")
@@ -106,10 +85,16 @@ def test_demo_report_covers_the_run(demo_run, demo_report):
     for title in ("Funnel", "Rejections", "Languages", "Perplexity", "Deduplication", "PII", "Pretraining mixture",
                   "Sample rejected documents"):
         assert title in info["sections"]
-    # contracts this run does not have are listed as absent, with the reason
-    assert set(info["absent"]) == {"SFT mixture", "Vocabulary extension", "Training, verification and ablations"}
+    # a section for another contract is shown exactly when the run holds its files, else listed with the reason
+    metas = [json.loads(p.read_text()).get("format") for p in demo_run.glob("*/meta.json")]
+    expect = {"SFT mixture": "curate-sft/1" in metas,
+              "Vocabulary extension": any(demo_run.glob("*/id_map.json")),
+              "Training, verification and ablations": any(demo_run.rglob("metrics.jsonl"))}
+    for title, present in expect.items():
+        assert (title in info["sections"]) == present and (title in info["absent"]) != present
+    assert all(info["absent"].values())
     text = _text(path.read_text())
-    assert "Not in this run" in text
+    assert ("Not in this run" in text) == bool(info["absent"])
     # the readings are computed from the run's own figures
     ext, pii, mix, dd = (read_manifest(demo_run / s) for s in ("extract", "pii", "mix", "dedup"))
     last = read_manifest(demo_run / "mix")
