@@ -84,7 +84,8 @@ class TrainConfig(BaseModel):
     progress: bool = True
     peak_flops: float | None = None
     fault_kill_at_step: int | None = Field(None, description="test hook: SIGKILL itself after this step")
-    fault_spike_batches: list[int] = Field(default_factory=list, description="test hook: corrupt these batches")
+    fault_spike_batches: list[int] = Field(default_factory=list, description="test hook: inject a spike on these batches")
+    fault_spike_scale: float = Field(10.0, gt=0, description="test hook: their loss (and gradient) is multiplied by this")
 
 
 class TrainError(Exception):
@@ -273,13 +274,9 @@ class Run:
                 out.append(b)
         return out
 
-    def load_batch(self, b: int) -> Batch:
-        batch = self.data.batch(b)
-        if b in self.cfg.fault_spike_batches:  # test hook: a corrupted batch (uniformly random ids)
-            rng = np.random.default_rng([self.cfg.seed, b, 0x5B1CE])
-            arr = rng.integers(0, self.data.vocab_size, size=(batch.x.shape[0], batch.x.shape[1] + 1))
-            batch = Batch(arr[:, :-1], arr[:, 1:], batch.w, batch.seg, batch.pos)
-        return batch
+    def load_batch(self, b: int) -> tuple[Batch, float]:
+        """Batch ``b`` and its loss scale (1, or ``fault_spike_scale`` for an injected spike)."""
+        return self.data.batch(b), self.cfg.fault_spike_scale if b in self.cfg.fault_spike_batches else 1.0
 
     # --- the loop
 
@@ -318,8 +315,9 @@ class Run:
                 batches = self.next_batches()
                 nll_sum = n_sum = bytes_sum = 0.0
                 for b in batches:
-                    t = device_tensors(self.load_batch(b), self.device)
-                    nll = token_nll(self.fwd, t, self.autocast)
+                    batch, scale = self.load_batch(b)
+                    t = device_tensors(batch, self.device)
+                    nll = token_nll(self.fwd, t, self.autocast) * scale
                     w = t["w"] if t["w"] is not None else torch.ones_like(nll)
                     n = w.sum().clamp(min=1.0)
                     ((nll * w).sum() / n / len(batches)).backward()
