@@ -13,7 +13,7 @@ export CURATE_NO_PROGRESS ?=
         extract langid quality dedup pii mix
 
 help:
-	@echo "make demo | make test | make bench | make <stage> (extract langid quality dedup pii mix)"
+	@echo "make demo | make test | make bench | make <stage> (extract langid quality dedup pii mix) | make sft"
 
 setup: $(STAMP)
 
@@ -28,9 +28,10 @@ sample: $(SAMPLE)/labels.jsonl
 $(SAMPLE)/labels.jsonl: $(STAMP) curate/samplegen.py
 	$(PY) -m curate.samplegen $(SAMPLE)
 
-demo: setup lmplz sample
+demo: setup lmplz sample sft-data
 	$(CURATE) run $(PIPELINE) --run $(RUN)
 	$(CURATE) report $(RUN)
+	$(CURATE) run manifests/sft.yaml --run $(SFT_RUN)
 
 # One target per stage: runs the pipeline up to and including that stage (resumes finished ones).
 extract langid quality dedup pii mix: setup lmplz sample
@@ -39,7 +40,7 @@ extract langid quality dedup pii mix: setup lmplz sample
 test: setup lmplz browser
 	$(PY) -m pytest -q
 
-bench: bench-extract bench-quality bench-dedup bench-pii bench-mix
+bench: bench-extract bench-quality bench-dedup bench-pii bench-mix bench-sft
 
 bench-extract: setup
 	$(PY) bench/bench_extract.py

@@ -32,6 +32,7 @@ something to every encode call (a prefix space, BOS) cannot be cut this way and 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 from collections.abc import Sequence
@@ -51,6 +52,7 @@ TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "manifests" / "chat_tem
 _OPEN0 = 0xF0000  # supplementary private use area A: a turn's open marker is chr(_OPEN0 + k)
 _CLOSE0 = 0x100000  # area B: its close marker
 _MAX_TURNS = 0xFFFD
+_CACHE = 4096  # distinct template pieces whose ids an Encoder keeps
 _MARKER = re.compile("[\U000F0000-\U0010FFFF]")
 
 
@@ -154,25 +156,17 @@ class ChatTemplate:
         plain = self.render(messages, tools)
         assistants = [k for k, m in enumerate(messages) if m.get("role") == "assistant"]
         targets = assistants[-1:] if last_turn_only else assistants
-        spans = self._marked_spans(messages, tools, plain)
-        if spans is not None:
-            content = {k: s for k, s in spans.items()}
-            starts = {k: content[k][0] for k in targets}
-            ends = {k: self._eot_after(plain, content[k][1], k) for k in targets}
-        else:
-            content = {}
-            starts, ends = self._prefix_spans(messages, tools, plain, targets)
-        return _cut(plain, content, starts, ends)
+        fast = self._marked_pieces(messages, tools, plain, set(targets))
+        if fast is not None:
+            return fast
+        starts, ends = self._prefix_spans(messages, tools, plain, targets)
+        return _cut(plain, starts, ends)
 
-    def _eot_after(self, text: str, pos: int, k: int) -> int:
-        j = text.find(self.end_of_turn, pos)
-        if j < 0:
-            raise TemplateRenderError(
-                f"chat template {self.name!r}: no end-of-turn {self.end_of_turn!r} after assistant turn {k}")
-        return j + len(self.end_of_turn)
-
-    def _marked_spans(self, messages, tools, plain: str) -> dict[int, tuple[int, int]] | None:
-        """Content span of every turn from a marker rendering, or None when it cannot be trusted."""
+    def _marked_pieces(self, messages, tools, plain: str, targets: set[int]) -> list[Piece] | None:
+        """Pieces from a rendering with content markers, or None when it cannot be trusted:
+        markers out of order or repeated, a turn's content altered or missing, the markers'
+        removal not giving the plain rendering, or no end-of-turn in the template text right
+        after a target's content."""
         if len(messages) > _MAX_TURNS:
             return None
         marked = []
@@ -182,37 +176,31 @@ class ChatTemplate:
                 return None
             marked.append({**m, "content": chr(_OPEN0 + k) + c + chr(_CLOSE0 + k)})
         text = self.render(marked, tools)
-        spans: dict[int, tuple[int, int]] = {}
-        opened: dict[int, int] = {}
-        out = []
-        last = 0
-        pos = 0  # position in the marker-free text
-        for mt in _MARKER.finditer(text):
-            i = mt.start()
-            out.append(text[last:i])
-            pos += i - last
-            last = i + 1
-            o = ord(text[i])
-            if o >= _CLOSE0:
-                k = o - _CLOSE0
-                if k not in opened or k in spans:
-                    return None
-                spans[k] = (opened[k], pos)
-            else:
-                k = o - _OPEN0
-                if k in opened:
-                    return None
-                opened[k] = pos
-        out.append(text[last:])
-        if "".join(out) != plain or set(opened) != set(spans):
+        parts = _MARKER.split(text)
+        marks = _MARKER.findall(text)
+        if len(marks) % 2 or "".join(parts) != plain:
             return None
-        for k, (s, e) in spans.items():
-            if plain[s:e] != messages[k]["content"]:
+        seen: set[int] = set()
+        pieces: list[Piece] = []
+        tail = parts[0]  # template text not yet emitted
+        carry = False  # the previous content was a target: its end-of-turn is still to come
+        for j in range(0, len(marks), 2):
+            k = ord(marks[j]) - _OPEN0
+            if not (0 <= k < len(messages)) or ord(marks[j + 1]) != _CLOSE0 + k or k in seen:
                 return None
-        for k, m in enumerate(messages):
-            if m.get("role") == "assistant" and k not in spans:
+            seen.add(k)
+            content = parts[j + 1]
+            if content != messages[k]["content"]:
                 return None
-        return spans
+            if not _emit_template(pieces, tail, carry, self.end_of_turn):
+                return None
+            if content:
+                pieces.append(Piece(content, True, k in targets))
+            carry = k in targets
+            tail = parts[j + 2]
+        if not _emit_template(pieces, tail, carry, self.end_of_turn) or not targets <= seen:
+            return None
+        return pieces
 
     def _prefix_spans(self, messages, tools, plain: str, targets: list[int]):
         starts, ends = {}, {}
@@ -235,23 +223,30 @@ def _has_markers(s: str) -> bool:
     return not s.isascii() and _MARKER.search(s) is not None
 
 
-def _cut(text: str, content: dict[int, tuple[int, int]], starts: dict[int, int], ends: dict[int, int]) -> list[Piece]:
-    """Split ``text`` at every content and target boundary into pieces."""
-    bounds = {0, len(text)}
-    for s, e in content.values():
-        bounds.update((s, e))
-    for k in starts:
-        bounds.update((starts[k], ends[k]))
-    cuts = sorted(bounds)
-    lit = sorted(content.values())
-    tgt = sorted((starts[k], ends[k]) for k in starts)
-    pieces = []
-    for a, b in zip(cuts, cuts[1:]):
-        if a == b:
-            continue
-        literal = any(s <= a and b <= e for s, e in lit)
-        target = any(s <= a and b <= e for s, e in tgt)
-        pieces.append(Piece(text[a:b], literal, target))
+def _emit_template(pieces: list[Piece], text: str, carry: bool, eot: str) -> bool:
+    """Append template ``text``; after a target's content (``carry``) its first part up to and
+    including the end-of-turn string is target too. False when that end-of-turn is missing."""
+    if carry:
+        j = text.find(eot)
+        if j < 0:
+            return False
+        pieces.append(Piece(text[: j + len(eot)], False, True))
+        text = text[j + len(eot):]
+    if text:
+        pieces.append(Piece(text, False, False))
+    return True
+
+
+def _cut(text: str, starts: dict[int, int], ends: dict[int, int]) -> list[Piece]:
+    """Split ``text`` into template pieces, the target spans ``[starts[k], ends[k])`` marked."""
+    pieces, pos = [], 0
+    for s, e in sorted((starts[k], ends[k]) for k in starts):
+        if s > pos:
+            pieces.append(Piece(text[pos:s], False, False))
+        pieces.append(Piece(text[s:e], False, True))
+        pos = e
+    if pos < len(text):
+        pieces.append(Piece(text[pos:], False, False))
     return pieces
 
 
@@ -404,37 +399,49 @@ class Encoder:
         if missing:
             raise ConfigError(f"tokenizer lacks the template's special tokens {missing}")
         check_splittable(tokenizer)
+        self._cache: dict[str, list[int]] = {}
 
     def encode_pieces(self, batch: list[list[Piece]]) -> list[Encoded]:
-        """Tokenise the pieces of many examples (two ``encode_batch`` calls in all)."""
-        lit, tpl = [], []
-        for pieces in batch:
-            for p in pieces:
-                (lit if p.literal else tpl).append(p.text)
+        """Tokenise the pieces of many examples (at most two ``encode_batch`` calls in all).
+
+        Template pieces repeat from example to example (``<|im_end|>\n<|im_start|>user\n``):
+        their ids are cached (up to ``_CACHE`` distinct texts), so only new ones are encoded.
+        """
+        lit = [p.text for pieces in batch for p in pieces if p.literal]
+        cache = self._cache
+        new = list(dict.fromkeys(p.text for pieces in batch for p in pieces if not p.literal and p.text not in cache))
         tok = self.tok
         before = tok.encode_special_tokens
         try:
             tok.encode_special_tokens = True
             lit_ids = [e.ids for e in tok.encode_batch_fast(lit, add_special_tokens=False)] if lit else []
             tok.encode_special_tokens = False
-            tpl_ids = [e.ids for e in tok.encode_batch_fast(tpl, add_special_tokens=False)] if tpl else []
+            new_ids = [e.ids for e in tok.encode_batch_fast(new, add_special_tokens=False)] if new else []
         finally:
             tok.encode_special_tokens = before
+        local = dict(zip(new, new_ids))
+        if len(cache) < _CACHE:
+            cache.update(local)
+        tpl_ids = [local[p.text] if p.text in local else cache[p.text]
+                   for pieces in batch for p in pieces if not p.literal]
         out = []
         li = ti = 0
+        chain = itertools.chain.from_iterable
         for pieces in batch:
-            ids: list[int] = []
-            mask: list[int] = []
+            parts, lens, flags = [], [], []
             for p in pieces:
                 if p.literal:
-                    piece_ids = lit_ids[li]
+                    ids = lit_ids[li]
                     li += 1
                 else:
-                    piece_ids = tpl_ids[ti]
+                    ids = tpl_ids[ti]
                     ti += 1
-                ids.extend(piece_ids)
-                mask.extend([1 if p.target else 0] * len(piece_ids))
-            out.append(Encoded(np.asarray(ids, self.dtype), np.asarray(mask, np.uint8)))
+                parts.append(ids)
+                lens.append(len(ids))
+                flags.append(p.target)
+            total = sum(lens)
+            out.append(Encoded(np.fromiter(chain(parts), self.dtype, total),
+                               np.repeat(np.asarray(flags, np.uint8), lens)))
         return out
 
     def pieces(self, messages: Sequence[dict], tools: list | None = None) -> list[Piece]:

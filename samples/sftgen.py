@@ -132,6 +132,28 @@ def generate(out: str | Path, seed: int = 0) -> dict:
     return {"contaminated": contaminated, "alpaca_en": len(alpaca)}
 
 
+def write_unigram_arpa(texts: list[str], path: str | Path) -> None:
+    """A tiny KenLM model (ARPA, add-one unigrams plus the one bigram KenLM insists on) of
+    ``texts``, prepared as the perplexity scorer prepares text: for tests and benchmarks that
+    need a model without running ``lmplz``."""
+    from collections import Counter
+    import math
+
+    from filters.kenlm_lm import prepare_lines
+
+    counts: Counter = Counter()
+    for t in texts:
+        for ln in prepare_lines(t):
+            counts.update(ln.split())
+            counts["</s>"] += 1
+    total = sum(counts.values()) + len(counts) + 1
+    lines = ["\\data\\", f"ngram 1={len(counts) + 2}", "ngram 2=1", "", "\\1-grams:",
+             f"{math.log10(1 / total):.6f}\t<unk>\t0", "-99\t<s>\t0"]
+    lines += [f"{math.log10((c + 1) / total):.6f}\t{w}\t0" for w, c in sorted(counts.items())]
+    lines += ["", "\\2-grams:", "-1.0\t<s> </s>", "", "\\end\\", ""]
+    Path(path).write_text("\n".join(lines), encoding="utf-8")
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m samples.sftgen OUT_DIR", file=sys.stderr)

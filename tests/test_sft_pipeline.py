@@ -16,25 +16,9 @@ from tokenizers import Tokenizer
 from curate.runner import run_pipeline
 from filters import bpe
 from filters.chat_template import load_template, template_messages
-from filters.kenlm_lm import prepare_lines
 from filters.mixplan import InfeasibleMixError
-from samples.sftgen import generate
+from samples.sftgen import generate, write_unigram_arpa
 from stages.sft_mix import SftMixConfig, first_fit, mixture_plan
-
-
-def unigram_arpa(texts: list[str], path: Path) -> None:
-    """A unigram ARPA model of the texts (prepared as the scorer prepares them)."""
-    counts: Counter = Counter()
-    for t in texts:
-        for ln in prepare_lines(t):
-            counts.update(ln.split())
-            counts["</s>"] += 1
-    total = sum(counts.values()) + len(counts) + 1
-    lines = ["\\data\\", f"ngram 1={len(counts) + 2}", "ngram 2=1", "", "\\1-grams:",
-             f"{math.log10(1 / total):.6f}\t<unk>\t0", "-99\t<s>\t0"]
-    lines += [f"{math.log10((c + 1) / total):.6f}\t{w}\t0" for w, c in sorted(counts.items())]
-    lines += ["", "\\2-grams:", "-1.0\t<s> </s>"]  # KenLM needs an order of at least 2
-    path.write_text("\n".join(lines + ["", "\\end\\", ""]))
 
 
 def fake_mix(d: Path, tok: Tokenizer, texts: list[str]) -> None:
@@ -80,8 +64,8 @@ def world(tmp_path_factory):
     texts = []
     for f in ("llama_factory/alpaca_en_demo.json", "llama_factory/alpaca_zh_demo.json"):
         texts += [r.get("output", "") for r in json.loads((root / "data" / f).read_text())]
-    unigram_arpa([t for t in texts if t.isascii()], root / "en.arpa")
-    unigram_arpa([t for t in texts if not t.isascii()], root / "zh.arpa")
+    write_unigram_arpa([t for t in texts if t.isascii()], root / "en.arpa")
+    write_unigram_arpa([t for t in texts if not t.isascii()], root / "zh.arpa")
     models = {"en": str(root / "en.arpa"), "zh": str(root / "zh.arpa")}
     run = root / "run"
     manifests = run_pipeline(spec(root / "data", models, None), run, log=lambda *_: None)

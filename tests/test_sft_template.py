@@ -101,7 +101,7 @@ def test_llama3_tool_turns_use_the_prefix_path(tokenizer):
         {"role": "tool", "content": "sunny"},
         {"role": "assistant", "content": "Sunny."},
     ])
-    assert t._marked_spans(msgs, None, t.render(msgs)) is None
+    assert t._marked_pieces(msgs, None, t.render(msgs), {1, 3}) is None
     e = Encoder(t, tokenizer).encode(msgs)
     got = [tokenizer.decode(e.ids[a:b].tolist(), skip_special_tokens=False) for a, b in _runs(e.mask)]
     assert got == ['{"name": "w", "parameters": {"c": 1}}<|eot_id|>', "Sunny.<|eot_id|>"]
