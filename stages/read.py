@@ -411,8 +411,8 @@ class Read(SourceStage):
             if not col:
                 continue
             raw = _get(v, col)
-            if raw is _MISSING or raw is None:
-                continue
+            if raw is _MISSING or raw is None or raw == "":
+                continue  # absent: null url, default_source, the URL's host
             if isinstance(raw, str):
                 row[key] = raw
             elif problem is None:

@@ -55,6 +55,7 @@ BAD_LINES = [
     (b'{"text": " \\n\\t "}', "read.empty_text"),
     (b'{"text": "url of the wrong type", "url": 5}', "read.bad_field"),
     (b'{"text": "second good one", "source": "forum"}', None),
+    (b'{"text": "empty source", "source": "", "url": null}', None),
 ]
 
 
@@ -69,9 +70,10 @@ def test_bad_records_each_get_their_reason_and_conservation_holds(tmp_path):
     assert _reasons(res) == [r for _, r in BAD_LINES if r]
     assert all(meaning(r) for r in _reasons(res)), "every reason is declared"
     kept = res.kept.to_pylist()
-    assert [k["text"] for k in kept] == ["a good document", "second good one"]
+    assert [k["text"] for k in kept] == ["a good document", "second good one", "empty source"]
     assert kept[0]["domain"] == "example.org" and kept[0]["source"] == "web" and kept[1]["source"] == "forum"
-    assert [k["input_index"] for k in kept] == [0, 11]
+    assert kept[2]["source"] == "web" and kept[2]["url"] is None and kept[2]["domain"] == ""
+    assert [k["input_index"] for k in kept] == [0, 11, 12]
     assert all(d for d in res.rejected.column("detail").to_pylist())
 
 
