@@ -61,7 +61,12 @@ def validate(spec: PipelineSpec, where: str) -> list[PlannedStage]:
             cls = load_stage_class(stype)
         except ConfigError as e:
             raise ConfigError(f"{what}: {e}") from None
-        cfg = build_config(cls.Config, st.config, f"config of {what}")
+        try:
+            cfg = build_config(cls.Config, st.config, f"config of {what}")
+        except ConfigError as e:
+            if what in str(e):
+                raise
+            raise ConfigError(f"config of {what}: {e}") from None
         stage = cls(cfg, name)
         if issubclass(cls, SourceStage):
             if st.input is None or isinstance(st.input, (str, list)):

@@ -102,7 +102,7 @@ def registry(include_builtins: bool = True) -> dict[str, tuple[str, str]]:
 
 
 def markdown() -> str:
-    """The docs table (docs/REASONS.md)."""
+    """The docs table (docs/REASONS.md): the built-in codes (plugins' codes are theirs)."""
     lines = [
         "# Reject reasons",
         "",
@@ -113,13 +113,18 @@ def markdown() -> str:
         "|---|---|---|",
     ]
     for code, (text, origin) in registry().items():
+        if not origin.startswith(("stages.", "filters.", "curate.")):
+            continue
         lines.append(f"| `{code}` | {text.replace('|', '/')} | `{origin}` |")
     return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":  # pragma: no cover
+    # Run as a script this module is __main__; the stages declare into curate.reasons.
+    from curate import reasons as _registry
+
     if "--markdown" in sys.argv:
-        sys.stdout.write(markdown())
+        sys.stdout.write(_registry.markdown())
     else:
-        for code, (text, _) in registry().items():
+        for code, (text, _) in _registry.registry().items():
             print(f"{code}\t{text}")
