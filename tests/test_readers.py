@@ -22,9 +22,12 @@ from hypothesis import strategies as st
 from curate.readers import ReaderError, detect_format, error_kind, iter_records
 from stages.read import Read, ReadConfig
 
-def _examples(default: int) -> int:
-    """Hypothesis examples per fuzz test; ``CURATE_FUZZ_EXAMPLES`` raises it (``make fuzz``)."""
-    return int(os.environ.get("CURATE_FUZZ_EXAMPLES", default))
+def _fuzz(default: int):
+    """Hypothesis settings of a fuzz test: ``default`` fixed (derandomized) examples in
+    ``make test``; ``CURATE_FUZZ_EXAMPLES`` random ones when set (as tests/test_fuzz.py)."""
+    n = int(os.environ.get("CURATE_FUZZ_EXAMPLES", "0") or 0)
+    return settings(max_examples=n or default, deadline=None, derandomize=not n, database=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
 SHARED_SFT = Path(__file__).resolve().parents[2] / "shared" / "sft" / "llama_factory" / "alpaca_en_demo.json"
@@ -270,7 +273,7 @@ _LINE = st.one_of(
 )
 
 
-@settings(max_examples=_examples(80), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@_fuzz(80)
 @given(lines=st.lists(_LINE, max_size=25), crlf=st.booleans(), gz=st.booleans(), cut=st.floats(0, 1))
 def test_fuzz_jsonl_counts_match_the_bytes(tmp_path, lines, crlf, gz, cut):
     """Whatever the bytes: no exception, contiguous indices, and as many records as the file
@@ -300,7 +303,7 @@ _ELEM = st.one_of(st.builds(lambda t, n: {"text": t, "n": n}, st.text(max_size=3
                   st.integers(), st.text(max_size=10), st.lists(st.integers(), max_size=3), st.none())
 
 
-@settings(max_examples=_examples(60), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@_fuzz(60)
 @given(elems=st.lists(_ELEM, max_size=20), indent=st.sampled_from([None, 1]), cut=st.floats(0, 1))
 def test_fuzz_json_array(tmp_path, elems, indent, cut):
     """A whole array gives one record per element; a cut one its complete leading elements
@@ -320,7 +323,7 @@ def test_fuzz_json_array(tmp_path, elems, indent, cut):
         assert [r.value for r in recs[:-1]] == [e if isinstance(e, dict) else None for e in elems[: len(recs) - 1]]
 
 
-@settings(max_examples=_examples(40), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@_fuzz(40)
 @given(pos=st.floats(0, 1), width=st.integers(1, 64), byte=st.integers(0, 255))
 def test_fuzz_parquet_damage(tmp_path, pos, width, byte):
     """Bytes overwritten anywhere: no exception; a readable footer means exactly the rows it
@@ -343,7 +346,7 @@ def test_fuzz_parquet_damage(tmp_path, pos, width, byte):
         assert len(recs) == rows
 
 
-@settings(max_examples=_examples(60), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@_fuzz(60)
 @given(pos=st.floats(0, 1), width=st.integers(1, 8), byte=st.integers(0, 255))
 def test_fuzz_arrow_stream_damage(tmp_path, pos, width, byte):
     """Overwritten bytes in an Arrow stream: an exception or a crash while converting damaged
