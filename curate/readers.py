@@ -325,13 +325,12 @@ def _iter_jsonl(stream, limit: int) -> Iterator[RawRecord]:
 class _Text:
     """A growing text window over a binary stream, for the JSON array parser."""
 
-    def __init__(self, stream, limit: int):
+    def __init__(self, stream):
         self._stream = stream
         self._dec = codecs.getincrementaldecoder("utf-8")()
         self.buf = ""
         self.pos = 0
         self.eof = False
-        self.limit = limit
         self._first = True
 
     def more(self) -> bool:
@@ -361,7 +360,7 @@ class _Text:
 
 def _iter_json_array(stream, limit: int) -> Iterator[RawRecord]:
     decoder = json.JSONDecoder()
-    t = _Text(stream, limit)
+    t = _Text(stream)
     index = 0
     errors = _stream_errors()
     try:
