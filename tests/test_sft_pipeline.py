@@ -240,3 +240,41 @@ def test_first_fit_keeps_examples_whole():
     assert sorted(i for b in bins for i in b) == list(range(500))
     assert all(lens[b].sum() <= 128 for b in bins)
     assert first_fit(np.array([200, 5]), 128, 4) == [[0], [1]]  # an over-long item stands alone
+
+
+KILLS = [("sft-select", "filter", 1), ("sft-mix", "encode", 1), ("sft-mix", "pack", 0), ("sft-mix", "shards", 2)]
+
+
+@pytest.mark.parametrize("stage,phase,k", KILLS, ids=[f"{s}:{p}:{k}" for s, p, k in KILLS])
+def test_kill_in_phase_resumes_to_identical_bytes(world, tmp_path, stage, phase, k):
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    import yaml
+
+    ref = world["run"]
+    run = tmp_path / "run"
+    shutil.copytree(ref, run)
+    order = ["sft-read", "sft-clean", "sft-dedup", "sft-select", "sft-mix"]
+    for later in order[order.index(stage):]:
+        shutil.rmtree(run / later)
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(yaml.safe_dump(spec(world["root"] / "data", world["models"], None)))
+    env = dict(os.environ, CURATE_NO_PROGRESS="1")
+    cmd = [sys.executable, "-m", "curate.cli", "run", str(pipeline), "--run", str(run)]
+    root = Path(__file__).resolve().parents[1]
+    killed = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=300,
+                            env=dict(env, CURATE_FAULT=f"kill:{stage}:{phase}:{k}"))
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    assert not (run / stage / "_SUCCESS").exists()
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=root, timeout=300, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads((run / stage / "_manifest.json").read_text()).get("resumed")  # finished phases skipped
+    for name in order[order.index(stage):]:
+        files = _outputs(ref / name)
+        assert files == _outputs(run / name)
+        for f in files:
+            assert (ref / name / f).read_bytes() == (run / name / f).read_bytes(), f"{name}/{f}"
