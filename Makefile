@@ -25,8 +25,8 @@ $(STAMP): pyproject.toml
 
 sample: $(SAMPLE)/labels.jsonl
 
-$(SAMPLE)/labels.jsonl: $(STAMP) curate/samplegen.py
-	$(PY) -m curate.samplegen $(SAMPLE)
+$(SAMPLE)/labels.jsonl: $(STAMP) samples/samplegen.py
+	$(PY) -m samples.samplegen $(SAMPLE)
 
 demo: setup lmplz sample sft-data
 	$(CURATE) run $(PIPELINE) --run $(RUN)

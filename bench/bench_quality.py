@@ -1,7 +1,7 @@
 """Quality throughput per core: the quality (heuristics) and perplexity stages side by side
 with the raw ``kenlm`` score loop on the same documents.
 
-Documents: the extracted text of the sample crawl (``curate.samplegen``; generated into a
+Documents: the extracted text of the sample crawl (``samples.samplegen``; generated into a
 temporary folder unless ``--sample`` names one), repeated ``--repeat`` times (new ids) so the
 timings are long enough, in ``--shards`` shards. Models: ``train-lm`` on the crawl's ``wiki``
 pages (needs ``lmplz``: ``make lmplz``). The language is the pages' ``<html lang>``.
@@ -39,7 +39,7 @@ LANG = "html_lang"
 
 
 def _pipeline(sample: Path) -> dict:
-    from curate.samplegen import SOURCE_BY_DOMAIN
+    from samples.samplegen import SOURCE_BY_DOMAIN
 
     return {
         "pipeline": "bench-quality",
@@ -116,7 +116,7 @@ def main() -> int:
         tmp = Path(tmp)
         sample = args.sample
         if sample is None:
-            from curate import samplegen
+            from samples import samplegen
 
             sample = tmp / "sample"
             samplegen.generate(sample, seed=0)

@@ -237,7 +237,7 @@ def sample_corpus(
     scale: float = typer.Option(1.0),
 ):
     """Generate the deterministic sample crawl (WARC) used by the demo and the tests."""
-    from .samplegen import generate
+    from samples.samplegen import generate
 
     summary = generate(out_dir, seed=seed, shards=shards, scale=scale)
     console.print(summary)

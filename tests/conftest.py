@@ -60,7 +60,7 @@ def shared_dir() -> Path:
 def sample_corpus(tmp_path_factory) -> Path:
     """The generated sample crawl (WARC shards + labels.jsonl), made once per session."""
     pytest.importorskip("mimesis")
-    samplegen = pytest.importorskip("curate.samplegen")
+    samplegen = pytest.importorskip("samples.samplegen")
     out = tmp_path_factory.mktemp("sample")
     samplegen.generate(out, seed=0)
     return out

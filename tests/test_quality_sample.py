@@ -1,4 +1,4 @@
-"""Quality heuristics and KenLM perplexity on the generated sample crawl (curate/samplegen.py).
+"""Quality heuristics and KenLM perplexity on the generated sample crawl (samples/samplegen.py).
 
 One pipeline per module: extract -> quality, and extract -> train-lm (reference: the ``wiki``
 source) -> perplexity, all reading the extracted documents; ``labels.jsonl`` says which
@@ -20,7 +20,7 @@ from curate.errors import ConfigError
 from curate.runner import run_pipeline
 from stages.train_lm import find_tool
 
-SOURCE_BY_DOMAIN = pytest.importorskip("curate.samplegen").SOURCE_BY_DOMAIN
+SOURCE_BY_DOMAIN = pytest.importorskip("samples.samplegen").SOURCE_BY_DOMAIN
 
 def _rows(stage_dir: Path) -> list[dict]:
     rows = []

@@ -24,7 +24,7 @@ from stdnum import luhn  # noqa: E402
 from stdnum.cn import ric  # noqa: E402
 from warcio.archiveiterator import ArchiveIterator  # noqa: E402
 
-from curate import samplegen  # noqa: E402
+from samples import samplegen  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC_KINDS = {"prose", "spam", "boilerplate", "exact_dup", "near_dup", "pii", "code", "non_html",
@@ -87,7 +87,7 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
     samplegen.generate(a, seed=3, shards=3, scale=0.1)
     samplegen.generate(b, seed=3, shards=3, scale=0.1)
     env = dict(os.environ, PYTHONHASHSEED="12345")
-    subprocess.run([sys.executable, "-m", "curate.samplegen", str(c), "--seed", "3", "--shards", "3",
+    subprocess.run([sys.executable, "-m", "samples.samplegen", str(c), "--seed", "3", "--shards", "3",
                     "--scale", "0.1"], check=True, cwd=ROOT, env=env, capture_output=True)
     samplegen.generate(d, seed=4, shards=3, scale=0.1)
     da = _digests(a)

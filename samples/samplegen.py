@@ -67,7 +67,7 @@ from stdnum.cn import ric
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
-from .shardio import atomic_write_bytes
+from curate.shardio import atomic_write_bytes
 
 CRAWL_START = datetime(2024, 3, 1, tzinfo=timezone.utc)
 NS = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/curate/samplegen")
@@ -1371,7 +1371,7 @@ class _Writer:
         data, labels = bytearray(), []
         t = CRAWL_START + timedelta(days=index)
         info_id = _record_id(seed, f"{index}/warcinfo")
-        fields = (f"software: curate.samplegen\r\nformat: WARC File Format 1.0\r\n"
+        fields = (f"software: samples.samplegen\r\nformat: WARC File Format 1.0\r\n"
                   f"isPartOf: curate-sample-seed{seed}\r\nrobots: classic\r\n"
                   f"description: deterministic sample crawl with planted cases; see labels.jsonl\r\n").encode()
         rec = self.warc.create_warc_record(
@@ -1509,7 +1509,7 @@ def generate(out_dir: str | Path, seed: int = 0, shards: int = 6, scale: float =
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m curate.samplegen", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m samples.samplegen", description=__doc__.split("\n\n")[0])
     ap.add_argument("out_dir")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--shards", type=int, default=6)
