@@ -11,6 +11,9 @@ Ids: the mapped id column when there is one (strings, or integers written in dec
 otherwise ``blake2b(<input path as the pipeline names it> + "#" + record index)``, the same
 hash extract uses. The path rather than the bare file name, because corpora repeat file
 names across folders (FineWeb's dumps, every ``datasets`` split's ``data-00000-of-00001.arrow``).
+Mapped ids are checked for duplicates within each input file (one task each), not across
+files: a corpus whose ids restart in every file should leave ``id`` unmapped and keep its own
+under another name (``keep_columns``).
 
 A Parquet / Arrow input whose mapped column is missing or of the wrong type is a
 :class:`~curate.errors.ConfigError` naming the file and the column, raised while the inputs
