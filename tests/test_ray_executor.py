@@ -1,4 +1,8 @@
-"""The Ray executor (embedded) gives the same shards as the local one, with 1 and 2 workers."""
+"""The Ray executor (embedded): the same shards as the local one with 1 and 2 workers, workers
+reused across maps, errors as TaskError, a retry limit for lost workers, and what happens when
+the cluster has too few CPUs (a clear error, or fewer workers, never a hang)."""
+
+import os
 
 import pytest
 
@@ -78,3 +82,139 @@ def test_worker_setup_error_surfaces_and_executor_recovers():
         assert sorted(r for _, r in ex.map(_Fails, (), [0, 1, 2])) == [0, 1, 2]
     finally:
         ex.close()
+
+
+def test_task_errors_name_the_task_and_carry_the_worker_traceback():
+    from curate.errors import TaskError
+    from curate.executors import get_executor
+
+    ex = get_executor("ray", 2)
+    try:
+        tasks = [{"index": 10 + i, "input": f"/data/part-{i}.warc.gz"} for i in range(4)]
+        with pytest.raises(TaskError) as info:
+            list(ex.map(_FailsOnInput, (), tasks, desc="stage-x"))
+        e = info.value
+        assert (e.stage, e.task, e.input) == ("stage-x", 12, "/data/part-2.warc.gz")
+        assert e.error == "KeyError: 'title'" and e.record == "offset 4096"
+        assert "in __call__" in e.traceback and "raise err" in e.traceback
+        assert str(e) == "stage 'stage-x' task 12 (input /data/part-2.warc.gz) record offset 4096: KeyError: 'title'"
+        with pytest.raises(TaskError, match=r"stage 'setup-y' \(worker setup\): RuntimeError: model file missing"):
+            list(ex.map(_BadInit, (), [1], desc="setup-y"))
+    finally:
+        ex.close()
+
+
+class _FailsOnInput:
+    def __call__(self, task):
+        if task["input"].endswith("part-2.warc.gz"):
+            err = KeyError("title")
+            err.record = "offset 4096"
+            raise err
+        return task["index"]
+
+
+class _ExitsOn:
+    """Kills its own process on task ``n``: to the executor, a lost worker every time."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __call__(self, task):
+        if task == self.n:
+            os._exit(3)
+        return task
+
+
+def test_a_task_that_always_loses_its_worker_stops_after_the_retries():
+    from curate.errors import TaskError
+    from curate.executors import RayExecutor
+
+    logged = []
+    ex = RayExecutor(2, max_task_retries=1, log=logged.append)
+    try:
+        with pytest.raises(TaskError, match=r"task 2: worker lost 2 times \(max_task_retries=1\); last: "):
+            list(ex.map(_ExitsOn, (2,), list(range(5)), desc="crashy"))
+        events = ex.take_events()
+        assert [(ev["desc"], ev["task"], ev["attempt"]) for ev in events] == [("crashy", 2, 1), ("crashy", 2, 2)]
+        assert ex.take_events() == []
+        assert any("task 2 lost its worker" in m and "attempt 2 of 2" in m for m in logged)
+    finally:
+        ex.close()
+
+
+@pytest.fixture
+def cpus_taken():
+    """Occupy CPUs of the embedded Ray with idle actors (``take(n)``); freed afterwards."""
+    import ray
+
+    from curate.executors import get_executor
+
+    get_executor("ray", 1).close()  # Ray is up
+    blockers = []
+
+    def take(n):
+        blocker = ray.remote(num_cpus=n)(_Idle).remote()
+        ray.get(blocker.ready.remote())
+        blockers.append(blocker)
+        return ray.cluster_resources()["CPU"]
+
+    yield take
+    for b in blockers:
+        ray.kill(b)
+
+
+class _Sleepy:
+    def __init__(self, seconds):
+        self.seconds = seconds
+
+    def __call__(self, task):
+        import time
+
+        time.sleep(self.seconds)
+        return task
+
+
+class _Idle:
+    def ready(self):
+        return True
+
+
+def test_no_free_cpu_is_a_clear_error_not_a_hang(cpus_taken, monkeypatch):
+    import ray
+
+    from curate.errors import ClusterError
+    from curate.executors import RayExecutor
+
+    total = ray.cluster_resources()["CPU"]
+    cpus_taken(total)
+    monkeypatch.setenv("CURATE_WORKER_START_TIMEOUT", "2")
+    ex = RayExecutor(2, log=lambda m: None)
+    try:
+        with pytest.raises(ClusterError, match=rf"no Ray worker started within 2 s .* 0 of {total:g} CPUs free"):
+            list(ex.map(_Fails, (), [0, 1, 2]))
+    finally:
+        ex.close()
+
+
+def test_too_few_cpus_runs_with_fewer_workers_and_says_so(cpus_taken, monkeypatch):
+    import ray
+
+    from curate.executors import RayExecutor
+
+    total = ray.cluster_resources()["CPU"]
+    cpus_taken(total - 1)  # one CPU left for two workers
+    monkeypatch.setenv("CURATE_WORKER_START_TIMEOUT", "2")
+    logged = []
+    ex = RayExecutor(2, log=logged.append)
+    try:
+        assert sorted(r for _, r in ex.map(_Sleepy, (1.0,), [0, 1, 2, 4])) == [0, 1, 2, 4]  # > 2 s
+        assert len(set(ex.worker_pids())) == 1
+        assert any("1 of 2 workers not started after 2 s" in m and "continuing with 1" in m for m in logged)
+    finally:
+        ex.close()
+    more = RayExecutor(int(total) + 3, log=logged.append)
+    try:
+        assert len(dict(more.map(_Sleepy, (0,), list(range(6))))) == 6
+        assert f"curate: the Ray cluster has {total:g} CPUs: running with {int(total)} workers instead of {int(total) + 3}" in logged
+    finally:
+        more.close()
