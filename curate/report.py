@@ -44,6 +44,7 @@ figcaption { font-size: 0.95em; color: #333; } figcaption b { display: block; }
 table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.85em; }
 td, th { border: 1px solid #ddd; padding: 3px 6px; vertical-align: top; text-align: left; }
 td.num { text-align: right; white-space: nowrap; } th { background: #f4f4f4; }
+#stages td:nth-child(-n+2) { white-space: nowrap; } .meaning { color: #444; margin: 0.2em 0; font-style: italic; }
 .doc { border-left: 3px solid #e15759; margin: 0.6em 0; padding-left: 0.6em; }
 .doc .meta { color: #555; font-size: 0.85em; word-break: break-all; }
 pre { white-space: pre-wrap; word-wrap: break-word; background: #fafafa; padding: 0.4em; margin: 0.2em 0;

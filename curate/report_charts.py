@@ -176,8 +176,11 @@ def histograms(panels: Sequence[tuple], title: str, xlabel: str, log_x: bool = T
             if log_x and hi > 10 * lo:
                 bins = np.geomspace(lo, hi, 30)
                 ax.set_xscale("log")
-                ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
-                ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "25" else ""))
+                ax.xaxis.set_major_formatter(FuncFormatter(_tick))
+                if math.log10(hi / lo) <= 2:  # few decades: label the 2s and 5s between the powers of ten
+                    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: _tick(v) if f"{v:g}"[0] in "25" else ""))
+                else:
+                    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
             else:
                 bins = np.linspace(lo, hi if hi > lo else lo + 1, 30)
             data, colors, names = [values], [color(k)], ["counted"]
@@ -195,7 +198,7 @@ def histograms(panels: Sequence[tuple], title: str, xlabel: str, log_x: bool = T
                         xycoords=("data", "axes fraction"), fontsize=7, ha="left", va="top", xytext=(2, -2),
                         textcoords="offset points")
         ax.set_title(f"{label} ({both.size:,})", fontsize=9)
-        ax.tick_params(labelsize=7)
+        ax.tick_params(which="both", labelsize=7)
         ax.set_xlabel(xlabel, fontsize=8)
         if k % ncols == 0:
             ax.set_ylabel(ylabel, fontsize=8)
@@ -203,6 +206,10 @@ def histograms(panels: Sequence[tuple], title: str, xlabel: str, log_x: bool = T
         axes[k // ncols][k % ncols].set_visible(False)
     fig.suptitle(title)
     return to_png(fig)
+
+
+def _tick(v: float, _pos=None) -> str:
+    return f"{v:,.0f}" if v >= 1 else f"{v:g}"
 
 
 def _finite(values, positive: bool) -> np.ndarray:

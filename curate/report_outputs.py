@@ -9,13 +9,14 @@ from __future__ import annotations
 import html
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from . import report_charts as ch
 from .report_data import MIXTURE_FORMAT, SFT_FORMAT, VOCAB_FORMAT, Run, parquet_source, read_json
-from .report_sections import Chart, Section, n, table
+from .report_sections import Chart, Section, n, num3, table
 
 
 def mixture(run: Run) -> Section | str:
@@ -115,9 +116,13 @@ def sft(run: Run) -> Section | str:
         panels = [(t, np.asarray(v, dtype=float), [c for c in (cutoffs.get(t) or []) if c is not None])
                   for t, v in rows[:9]]
         if panels:
-            reading = "; ".join(f"{t}: median {np.median(v):,.1f}"
-                                + (f", cut-offs {', '.join(f'{c:,.1f}' for c in cuts)}" if cuts else "")
-                                for t, v, cuts in panels[:4]) + "."
+            rej = Counter()
+            if st.rejected_files and "reason" in run.columns(st.rejected_files):
+                rej.update(dict(run.rows(f"SELECT task, count(*) FROM {parquet_source(st.rejected_files)} "
+                                         "GROUP BY ALL")))
+            reading = "; ".join(f"{t}: median {num3(np.median(v))}"
+                                + (f", cut-offs {' / '.join(num3(c) for c in cuts)}, {n(rej[t])} dropped" if cuts
+                                   else " (not cut)") for t, v, cuts in panels[:5]) + "."
             title = f"SFT {score} per task ({st.name})"
             sec.charts.append(Chart(title, ch.histograms(panels, title, score, log_x=score == "ppl",
                                                          ylabel="examples"), reading))

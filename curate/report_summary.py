@@ -167,4 +167,19 @@ def stage_summary(stage: StageView) -> list[str]:
     fn = SUMMARIES.get(stage.type)
     if fn is not None:
         return fn(stage)
-    return _sft(stage) or _vocab(stage) or _mix(stage)
+    lines = _sft(stage) or _vocab(stage) or _mix(stage)
+    return lines + _pii(stage) + _generic(stage)
+
+
+def _generic(s: StageView) -> list[str]:
+    """Lines any stage earns from common manifest keys (a plugin's or an SFT stage's)."""
+    m = s.manifest or {}
+    lines = []
+    if isinstance(m.get("cutoffs"), dict) and m["cutoffs"]:
+        pct = "/".join(f"p{p:g}" for p in m.get("percentiles", []))
+        cuts = {k: v for k, v in m["cutoffs"].items() if isinstance(v, list)}
+        lines.append(f"cut-offs {pct}: ".replace(" :", ":") + _more(
+            [f"{k} " + "/".join(_num3(c) for c in v if c is not None) for k, v in sorted(cuts.items())], 4))
+    if "contaminated" in s.stats:
+        lines.append(f"{_n(s.stats['contaminated'])} contaminated (matched an evaluation set)")
+    return lines

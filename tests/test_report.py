@@ -208,3 +208,48 @@ def test_stage_stopped_half_way_counts_finished_shards(demo_run, tmp_path):
     assert "running: 2 shards done" in text and "Pretraining mixture" in info["sections"]
     r = CliRunner().invoke(app, ["inspect", str(run)])
     assert r.exit_code == 0 and "running: 2 shards" in r.output
+
+
+def _rebase(node, prefixes: dict[str, Path]):
+    """``node`` (parsed YAML) with every string that starts with a key of ``prefixes`` rebased."""
+    if isinstance(node, dict):
+        return {k: _rebase(v, prefixes) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_rebase(v, prefixes) for v in node]
+    if isinstance(node, str):
+        for old, new in prefixes.items():
+            if node.startswith(old):
+                return str(new / node[len(old):])
+    return node
+
+
+def test_sft_run_report(shared_dir, demo_run, tmp_path):
+    """The SFT pipeline (manifests/sft.yaml) on ../shared/sft: task shares, example lengths from
+    the .idx offsets, and per-task perplexity with the sft-select cut-offs."""
+    import numpy as np
+    import yaml
+
+    if not (shared_dir / "sft").is_dir():
+        pytest.skip("../shared/sft is absent")
+    spec = _rebase(yaml.safe_load((ROOT / "manifests" / "sft.yaml").read_text()),
+                   {"data/sft/": shared_dir / "sft", "runs/demo/": demo_run})
+    run = tmp_path / "sft"
+    run_pipeline(spec, run, executor="local", workers=1, log=lambda *_: None)
+    mix_dir = next(d for d in run.iterdir() if (d / "meta.json").is_file())
+    meta = json.loads((mix_dir / "meta.json").read_text())
+    assert meta["format"] == "curate-sft/1"
+    path, info = build_report(run)
+    assert "SFT mixture" in info["sections"]
+    text = _text(path.read_text())
+    tasks = meta["tasks"]
+    gap = {t: abs(v["achieved_share"] - v["target_share"]) for t, v in tasks.items()}
+    worst = max(gap, key=lambda t: (gap[t], t))
+    assert f"{len(tasks)} tasks; the largest gap between achieved and target share is {gap[worst]:.4f} ({worst})" in text
+    lengths = np.concatenate([np.diff(np.fromfile(mix_dir / f["idx"], dtype="<i8")) for f in meta["train"]["files"]])
+    assert f"train: {lengths.size:,} examples, median {np.median(lengths):,.0f} tokens" in text
+    assert "SFT ppl per task (sft-select)" in text
+    cutoffs = read_manifest(run / "sft-select")["cutoffs"]
+    for task in sorted(cutoffs)[:5]:
+        if cutoffs[task]:
+            lo, hi = cutoffs[task]
+            assert f"{task}: median" in text and f"cut-offs {num3(lo)} / {num3(hi)}" in text
