@@ -194,6 +194,8 @@ class HFTokenizer(BaseTokenizer):
         self._starts_word = {i for p, i in self.pieces.items() if p.startswith(META)} if self.metaspace else set()
         self._fallback_ids = {i for i in self.frozen if i == self.unk_id or _BYTE_TOKEN.match(self._string(i) or "")}
         self._special = self.frozen - self._fallback_ids
+        self._byte_of = {i: int(_BYTE_TOKEN.match(self._string(i)).group(1), 16)
+                         for i in self._fallback_ids if i != self.unk_id}
         self.tok.encode_special_tokens = True
         self._fallbacks: dict[str, tuple[int, ...]] = {}
 
@@ -202,7 +204,7 @@ class HFTokenizer(BaseTokenizer):
 
     def segment(self, texts: Sequence[str]) -> Iterator[list[Word]]:
         encs = self.tok.encode_batch(list(texts), add_special_tokens=False)
-        fb, special, starts = self._fallback_ids, self._special, self._starts_word
+        byte_of, special, starts = self._byte_of, self._special, self._starts_word
         for text, e in zip(texts, encs):
             ids, wids, offs = e.ids, e.word_ids, e.offsets
             words: list[Word] = []
@@ -220,17 +222,19 @@ class HFTokenizer(BaseTokenizer):
                     words.append(tuple(cur))
                     cur = []
                 last = w
-                if t in fb:
+                if t in byte_of:  # a run of byte-fallback tokens: the characters they spell
                     j = i + 1
-                    while j < n and ids[j] in fb and offs[j] == offs[i]:
+                    while j < n and ids[j] in byte_of:
                         j += 1
-                    span = text[offs[i][0] : offs[i][1]]
-                    if len(span) == 1:
-                        self._fallbacks.setdefault(span, tuple(ids[i:j]))
-                        cur.append(span)
-                    else:  # a fused <unk> over several characters, or offsets we cannot split
-                        cur.extend(ids[i:j])
+                    cur.extend(utf8_chars(ids[i:j], byte_of, self._fallbacks))
                     i = j
+                    continue
+                if t == self.unk_id:  # <unk>, possibly fused over several characters
+                    span = text[offs[i][0] : offs[i][1]]
+                    for ch in span:
+                        self._fallbacks.setdefault(ch, (t,))
+                    cur.extend(span if span else (t,))
+                    i += 1
                     continue
                 cur.append(t)
                 i += 1
@@ -251,6 +255,10 @@ class HFTokenizer(BaseTokenizer):
         model = spec["model"]
         if self.model_type == "bpe":
             vocab = model["vocab"]
+            # An added token outside the model vocabulary would be given a fresh id (the model's
+            # size) when the file is loaded, colliding with a new piece: pin it in the model too.
+            for a in spec.get("added_tokens") or []:
+                vocab.setdefault(a["content"], a["id"])
             for p in learned.pieces:
                 vocab[p.token] = p.id
             as_str = bool(model["merges"]) and isinstance(model["merges"][0], str)
@@ -284,6 +292,29 @@ class HFTokenizer(BaseTokenizer):
     def decoder(self, raw: bytes) -> Callable[[list[int]], str]:
         tok = Tokenizer.from_str(raw.decode("utf-8"))
         return lambda ids: tok.decode(ids, skip_special_tokens=False)
+
+
+def utf8_chars(ids: Sequence[int], byte_of: dict[int, int], fallbacks: dict[str, tuple[int, ...]]) -> list[Sym]:
+    """A run of byte-fallback ids as symbols: each complete UTF-8 character as a ``str`` (its
+    ids recorded in ``fallbacks``), any other byte as its id."""
+    out: list[Sym] = []
+    i, n = 0, len(ids)
+    while i < n:
+        b0 = byte_of[ids[i]]
+        size = 2 if 0xC2 <= b0 <= 0xDF else 3 if 0xE0 <= b0 <= 0xEF else 4 if 0xF0 <= b0 <= 0xF4 else 1
+        chunk = ids[i : i + size]
+        try:
+            ch = bytes(byte_of[t] for t in chunk).decode("utf-8") if len(chunk) == size else ""
+        except UnicodeDecodeError:
+            ch = ""
+        if len(ch) == 1:
+            fallbacks.setdefault(ch, tuple(chunk))
+            out.append(ch)
+            i += size
+        else:
+            out.append(ids[i])
+            i += 1
+    return out
 
 
 def load_base(raw: bytes, name: str = "") -> BaseTokenizer:

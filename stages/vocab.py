@@ -50,7 +50,9 @@ class VocabConfig(StageConfig):
     Attributes:
         base: the base tokenizer file (``tokenizer.json`` or a sentencepiece ``.model``);
             relative paths resolve against the current directory.
-        base_from: instead of ``base``, an input stage whose output directory holds it.
+        base_from: instead of ``base``, a pipeline stage whose output directory holds it
+            (listed in ``input:`` or not: either way it runs first and its file's checksum
+            counts toward resume).
         base_file: the file name inside ``base_from``'s directory.
         text_from: the input stage whose documents are read (default: the first input).
         domain_where: DuckDB predicate selecting the domain documents.
@@ -206,6 +208,11 @@ class VocabStage(GlobalStage):
         d = (input_dirs or {}).get(cfg.base_from) or Path(run_dir) / cfg.base_from  # type: ignore[operator]
         return Path(d) / cfg.base_file
 
+    def stage_refs(self) -> list[str]:
+        """The stage the base tokenizer comes from (``base_from``) runs first."""
+        cfg: VocabConfig = self.config  # type: ignore[assignment]
+        return [cfg.base_from] if cfg.base_from else []
+
     def extra_inputs(self, run_dir: Path) -> list[tuple[str, str]]:
         """The base tokenizer file: its content decides whether a finished stage is stale."""
         p = self._base_path(run_dir)
@@ -218,9 +225,6 @@ class VocabStage(GlobalStage):
         text_from = cfg.text_from or names[0]
         if ctx.inputs and text_from not in ctx.inputs:
             raise ConfigError(f"{where}: text_from {text_from!r} is not an input of the stage (inputs: {', '.join(names)})")
-        if cfg.base_from is not None and cfg.base_from not in ctx.input_dirs:
-            raise ConfigError(f"{where}: base_from {cfg.base_from!r} is not an input of the stage "
-                              f"(add it to `input:`; inputs: {', '.join(names)})")
         shards = [Path(p) for p in (ctx.inputs.get(text_from) if ctx.inputs else ctx.input_shards)]
         if not shards:
             raise ConfigError(f"{where}: input stage {text_from!r} has no shards")

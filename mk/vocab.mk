@@ -1,0 +1,27 @@
+# Vocabulary extension (stages/vocab.py, filters/vocab.py, manifests/vocab.yaml).
+# gpt2-tokenizer: GPT-2's BPE as build/gpt2/tokenizer.json from the pinned openai-whisper sdist
+# (idempotent; without network it warns and the tests that need it skip). make test and
+# make demo depend on it and on the vocab extra (sentencepiece).
+VOCAB_RUN ?= runs/vocab
+VOCAB_STAMP := $(VENV)/.vocab-installed
+GPT2 := build/gpt2/tokenizer.json
+.PHONY: vocab vocab-setup gpt2-tokenizer test-vocab
+
+vocab-setup: $(VOCAB_STAMP)
+
+$(VOCAB_STAMP): pyproject.toml $(STAMP)
+	$(PY) -m pip install -q -e '.[vocab]'
+	touch $@
+
+gpt2-tokenizer: setup
+	$(PY) scripts/fetch_gpt2_tokenizer.py build/gpt2
+
+test demo: vocab-setup gpt2-tokenizer
+
+vocab: setup vocab-setup lmplz sample
+	$(PY) scripts/fetch_gpt2_tokenizer.py build/gpt2 --strict
+	$(CURATE) run manifests/vocab.yaml --run $(VOCAB_RUN)
+	@cat $(VOCAB_RUN)/vocab/report.md
+
+test-vocab: setup vocab-setup gpt2-tokenizer
+	$(PY) -m pytest -q tests/test_vocab.py tests/test_vocab_stage.py
