@@ -232,13 +232,20 @@ for pid, started in procs:
 """
 
 
-def _start_reaper() -> subprocess.Popen | None:
-    """Make the Ray processes that an embedded ``ray.init()`` started (GCS, raylet, dashboard
-    and runtime-env agents) end with this driver, even after a ``kill -9`` of it: Ray ties GCS
-    and raylet to the driver, but its two agents otherwise linger for up to a minute."""
+def _children() -> dict[int, Any]:
     import psutil
 
-    procs = psutil.Process().children(recursive=True)
+    return {p.pid: p for p in psutil.Process().children(recursive=True)}
+
+
+def _start_reaper(before: dict[int, Any]) -> subprocess.Popen | None:
+    """Make the Ray processes that an embedded ``ray.init()`` started (GCS, raylet, dashboard
+    and runtime-env agents: this process's descendants that were not there ``before``) end
+    with this driver, even after a ``kill -9`` of it: Ray ties GCS and raylet to the driver,
+    but its two agents otherwise linger for up to a minute."""
+    import psutil
+
+    procs = [p for pid, p in _children().items() if pid not in before]
     if not procs:
         return None
     reaper = subprocess.Popen([sys.executable, "-c", _REAPER], stdin=subprocess.PIPE, text=True,
@@ -311,8 +318,9 @@ class RayExecutor(Executor):
             if address:
                 ray.init(address=address, **kwargs)
             else:
+                before = _children()
                 ray.init(num_cpus=max(workers, os.cpu_count() or 1), **kwargs)
-                self._reaper = _start_reaper()
+                self._reaper = _start_reaper(before)
             _install_signal_handlers()  # after ray.init, which installs its own SIGTERM handler
 
     # -- hosts -------------------------------------------------------------------------

@@ -160,3 +160,35 @@ def test_cli_prints_one_line_and_logs_the_traceback(small_extract, tmp_path):
     text = logs[0].read_text()
     assert text.splitlines()[0] == line[len("error: "):line.index(" (full traceback")]
     assert "Traceback (most recent call last)" in text and "cannot score this document" in text
+
+
+@pytest.mark.ray
+def test_after_a_driver_kill_no_shard_is_written_and_no_ray_process_lingers(sample_corpus, tmp_path):
+    import psutil
+
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(json.dumps(_extract_spec(sample_corpus, "ray")))
+    run = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen([sys.executable, "-m", "curate.cli", "run", str(pipeline), "--run", str(run)],
+                            cwd=ROOT, env={**env, "CURATE_NO_PROGRESS": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    shards = run / "extract" / "_shards"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not (shards.is_dir() and any(shards.glob("part-*.json"))):
+        time.sleep(0.01)
+    ray_procs = psutil.Process(proc.pid).children(recursive=True)  # GCS, raylet, agents, workers
+    proc.kill()
+    proc.wait()
+    assert not (run / "extract" / "_SUCCESS").exists(), "the stage finished before the driver was killed"
+    assert len(ray_procs) >= 4
+
+    def written():
+        return sorted(p.name for p in (run / "extract").rglob("part-*") if not p.name.endswith(".tmp"))
+
+    time.sleep(1.0)
+    after_1s = written()
+    gone, alive = psutil.wait_procs(ray_procs, timeout=5)  # before: two Ray agents for ~70 s
+    assert alive == [], [p.pid for p in alive]
+    assert written() == after_1s  # nothing written after the workers' first second without a driver
+    assert len([n for n in after_1s if n.endswith(".json")]) < len(list(sample_corpus.glob("*.warc.gz"))) + 1
