@@ -141,11 +141,14 @@ def build_model(cfg: TrainConfig, vocab: int, data_tok_sha: str, device: torch.d
 
 
 def device_tensors(b: Batch, device: torch.device) -> dict:
-    t = {"x": torch.from_numpy(b.x).to(device), "y": torch.from_numpy(b.y).to(device)}
-    t["w"] = torch.from_numpy(b.w).to(device) if b.w is not None else None
-    t["seg"] = torch.from_numpy(b.seg).to(device) if b.seg is not None else None
-    t["pos"] = torch.from_numpy(b.pos).to(device) if b.pos is not None else None
-    return t
+    """The batch's arrays as tensors on ``device`` (pinned, asynchronous copies on CUDA)."""
+    def move(a):
+        if a is None:
+            return None
+        t = torch.from_numpy(np.ascontiguousarray(a))
+        return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
+
+    return {"x": move(b.x), "y": move(b.y), "w": move(b.w), "seg": move(b.seg), "pos": move(b.pos)}
 
 
 def token_nll(model, t: dict, autocast) -> torch.Tensor:
