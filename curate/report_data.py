@@ -92,8 +92,8 @@ class StageView:
         m = self.manifest if self.manifest is not None else self.partial
         if not m or "input_rows" not in m:
             return None
-        if m.get("conservation") == "n/a" and not m["input_rows"] and not (self.kept_files or self.rejected_files):
-            return None  # a stage that reads no documents (train-lm): nothing to count
+        if m.get("conservation") == "n/a" and not m.get("kept_rows") and not m.get("rejected_rows"):
+            return None  # a stage whose output is not documents (train-lm, vocab): nothing to count
         return {"input": int(m["input_rows"]), "kept": int(m.get("kept_rows", 0)),
                 "rejected": int(m.get("rejected_rows", 0)), "reasons": dict(m.get("reasons") or {})}
 

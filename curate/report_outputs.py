@@ -147,7 +147,7 @@ def vocab(run: Run) -> Section | str:
             continue
         before = [float(rep[k]["chars_per_token_before"]) for k in sides]
         after = [float(rep[k]["chars_per_token_after"]) for k in sides]
-        parts = [f"{k} text {b:.2f} → {a:.2f} characters per token ({b and a / b:.2f}× fewer tokens"
+        parts = [f"{k} text {b:.2f} → {a:.2f} characters per token ({b / a - 1:+.1%} tokens"
                  + (f", {rep[k]['docs_changed_share']:.1%} of documents tokenise differently"
                     if isinstance(rep[k].get("docs_changed_share"), (int, float)) else "") + ")"
                  for k, b, a in zip(sides, before, after)]
@@ -161,10 +161,11 @@ def vocab(run: Run) -> Section | str:
              _f(rep[k].get("chars_per_token_after")), _f(rep[k].get("tokens_per_doc_before")),
              _f(rep[k].get("tokens_per_doc_after")),
              _share(rep[k].get("docs_changed_share"))] for k in sides]))
-        top = [p for p in rep.get("top_pieces", []) if isinstance(p, dict) and "count" in p][:20]
+        top = [p for p in rep.get("top_pieces", []) if isinstance(p, dict) and "count" in p][:30]
         if top:
-            sec.tables.append(table(["most used new piece (held-out domain text)", "uses"],
-                                    [[p.get("text", p.get("token", "")), n(p["count"])] for p in top]))
+            sec.tables.append("<p>Most used new pieces on the held-out domain text (uses): " + " · ".join(
+                f"<code>{html.escape(str(p.get('text', p.get('token', ''))))}</code> {n(p['count'])}" for p in top)
+                + "</p>")
     return sec
 
 

@@ -152,8 +152,15 @@ def _vocab(s: StageView) -> list[str]:
     idmap = s.json_file("id_map.json", VOCAB_FORMAT)
     if not idmap:
         return []
-    return [f"{_n(len(idmap.get('new_tokens', [])))} new tokens: vocabulary "
-            f"{_n(idmap.get('base_vocab_size', 0))} → {_n(idmap.get('vocab_size', 0))}"]
+    lines = [f"{_n(len(idmap.get('new_tokens', [])))} new tokens: vocabulary "
+             f"{_n(idmap.get('base_vocab_size', 0))} → {_n(idmap.get('vocab_size', 0))}"]
+    rep = s.json_file("report.json") or {}
+    for side in ("domain", "general"):
+        r = rep.get(side)
+        if isinstance(r, dict) and r.get("chars_per_token_before") and r.get("chars_per_token_after"):
+            lines.append(f"{side}: {r['chars_per_token_before']:.2f} → {r['chars_per_token_after']:.2f} chars/token, "
+                         f"{_n(r.get('docs_changed', 0))} of {_docs(r.get('docs', 0))} changed")
+    return lines
 
 
 SUMMARIES: dict[str, Callable[[StageView], list[str]]] = {

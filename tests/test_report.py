@@ -253,3 +253,31 @@ def test_sft_run_report(shared_dir, demo_run, tmp_path):
         if cutoffs[task]:
             lo, hi = cutoffs[task]
             assert f"{task}: median" in text and f"cut-offs {num3(lo)} / {num3(hi)}" in text
+
+
+def test_vocab_run_report(sample_corpus, tmp_path):
+    """A vocab stage extending the sample mixture's own BPE with Chinese pieces: the report shows
+    characters per token before and after from its report.json."""
+    spec = {"pipeline": "vocab-report", "executor": "local", "workers": 1, "stages": {
+        "extract": {"input": {"paths": [str(sample_corpus)]}},
+        "langid": {"input": "extract", "config": {"min_score": 0.5}},
+        "mix0": {"type": "mix", "input": "langid", "config": {"mixture": {
+            "name": "base", "budget_tokens": "max", "overlap": "first", "tokenizer": {"vocab_size": 1200},
+            "sources": {"all": {"where": "true", "weight": 1}}}}},
+        "vocab": {"input": ["langid", "mix0"], "config": {
+            "base_from": "mix0", "text_from": "langid", "domain_where": "lang = 'zh'", "general_where": "lang = 'en'",
+            "max_new": 300, "heldout_fraction": 0.2}}}}
+    run = tmp_path / "vocab"
+    run_pipeline(spec, run, log=lambda *_: None)
+    rep = json.loads((run / "vocab" / "report.json").read_text())
+    idmap = json.loads((run / "vocab" / "id_map.json").read_text())
+    path, info = build_report(run)
+    assert "Vocabulary extension" in info["sections"]
+    text = _text(path.read_text())
+    d = rep["domain"]
+    assert (f"{len(idmap['new_tokens']):,} new tokens: vocabulary {idmap['base_vocab_size']:,} → "
+            f"{idmap['vocab_size']:,}; domain text {d['chars_per_token_before']:.2f} → "
+            f"{d['chars_per_token_after']:.2f} characters per token") in text
+    assert d["chars_per_token_after"] > d["chars_per_token_before"]
+    stage = next(s for s in load_run(run).stages if s.name == "vocab")
+    assert stage.counts is None  # its output is a tokenizer, not documents: not in the funnel
