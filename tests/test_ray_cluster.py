@@ -6,7 +6,7 @@ with ``make submit``, kills the worker node (every process of it) while extract 
 starts it again, and checks that the job succeeds with data files byte-identical to an
 embedded run of the same pipeline and that the lost task's retry is in the manifest. It
 stops only the processes it started. Slow (about two minutes here): ``.ci/run`` runs it
-after ``make test``.
+after ``make test``. The fast tests below check what ``make submit`` builds, without Ray.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import psutil
 import pytest
 import yaml
 
-pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -161,13 +160,15 @@ def _nodes(env: dict, dashboard: str) -> list[dict]:
 @pytest.fixture(scope="module")
 def small_sample(tmp_path_factory) -> Path:
     pytest.importorskip("mimesis")
-    from curate.samplegen import generate
+    from samples.samplegen import generate
 
     out = tmp_path_factory.mktemp("sample")
     generate(out, seed=0, shards=4, scale=0.5)
     return out
 
 
+@pytest.mark.slow
+@pytest.mark.ray
 def test_demo_job_survives_a_killed_worker_node(small_sample, tmp_path):
     if shutil.which("lmplz", path=str(BIN)) is None:
         pytest.skip("lmplz not built (make lmplz)")
@@ -215,6 +216,8 @@ def test_demo_job_survives_a_killed_worker_node(small_sample, tmp_path):
         worker.kill()
         worker.start()  # the same node comes back (a new raylet: Ray gives it a new node id)
         assert job.wait(timeout=600) == 0, (base / "job.log").read_text()[-5000:]
+        back = _wait(lambda: (n := _nodes(cluster_env, dashboard)) and len(n) == 2 and n, 120, "the node back")
+        assert worker_id not in {n["node_id"] for n in back}  # the restarted node joined as a new one
     finally:
         if job is not None and job.poll() is None:
             job.kill()
@@ -234,3 +237,51 @@ def test_demo_job_survives_a_killed_worker_node(small_sample, tmp_path):
     assert [k for k in ours if ours[k] != theirs[k]] == []
     assert not head.processes() and not worker.processes()
     shutil.rmtree(base, ignore_errors=True)
+
+
+def test_submit_makes_inputs_and_run_absolute_and_ships_the_code_version(tmp_path, monkeypatch):
+    import argparse
+
+    from curate.errors import ConfigError
+    from curate.runner import code_version
+    from ray_jobs.submit import absolute_pipeline, build_command
+
+    data = {"pipeline": "p", "stages": {"a": {"input": {"paths": ["data/x", "/abs/y", "s3://b/z"]}},
+                                        "b": {"input": "a", "config": {"mixture": "manifests/m.yaml"}}}}
+    out = absolute_pipeline(data, tmp_path, {})
+    assert out["stages"]["a"]["input"]["paths"] == [str(tmp_path / "data" / "x"), "/abs/y", "s3://b/z"]
+    assert out["stages"]["b"] == data["stages"]["b"] and data["stages"]["a"]["input"]["paths"][0] == "data/x"
+    assert absolute_pipeline(data, tmp_path, {"a": ["/new"]})["stages"]["a"]["input"] == {"paths": ["/new"]}
+    with pytest.raises(ConfigError, match="--input names no stage of the pipeline: c"):
+        absolute_pipeline(data, tmp_path, {"c": ["/x"]})
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo.yaml").write_text(yaml.safe_dump(data))
+    args = argparse.Namespace(pipeline="demo.yaml", address="http://127.0.0.1:1", run="runs/r",
+                              input=["a=in1", "a=/in2"], submission_id=None, no_wait=True)
+    cmd, job_pipeline = build_command(args, ["--workers", "3"])
+    assert job_pipeline == tmp_path / "runs" / "r" / "_job" / "demo.yaml"
+    written = yaml.safe_load(job_pipeline.read_text())
+    assert written["stages"]["a"]["input"]["paths"] == [str(tmp_path / "in1"), "/in2"]
+    sep = cmd.index("--")
+    assert cmd[1:4] == ["job", "submit", "--address"] and "--no-wait" in cmd[:sep]
+    assert cmd[cmd.index("--working-dir") + 1] == str(ROOT)
+    env = json.loads(cmd[cmd.index("--runtime-env-json") + 1])
+    assert env["env_vars"]["CURATE_CODE_VERSION"] == code_version() and env["env_vars"]["CURATE_NO_PROGRESS"] == "1"
+    assert cmd[sep + 1:] == ["python", "-m", "curate.cli", "run", str(job_pipeline), "--run",
+                             str(tmp_path / "runs" / "r"), "--workers", "3"]
+
+
+def test_submit_sets_token_mode_only_when_a_token_exists(tmp_path, monkeypatch):
+    from ray_jobs.submit import auth_env
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ray/auth_token
+    assert "RAY_AUTH_MODE" not in auth_env({})
+    token = tmp_path / "tok"
+    token.write_text("x" * 64)
+    assert auth_env({"RAY_AUTH_TOKEN_PATH": str(token)})["RAY_AUTH_MODE"] == "token"
+    assert auth_env({"RAY_AUTH_TOKEN": "abc"})["RAY_AUTH_MODE"] == "token"
+    assert auth_env({"RAY_AUTH_TOKEN": "abc", "RAY_AUTH_MODE": "disabled"})["RAY_AUTH_MODE"] == "disabled"
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("y" * 64)
+    assert auth_env({})["RAY_AUTH_MODE"] == "token"
