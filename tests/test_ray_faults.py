@@ -192,3 +192,17 @@ def test_after_a_driver_kill_no_shard_is_written_and_no_ray_process_lingers(samp
     assert alive == [], [p.pid for p in alive]
     assert written() == after_1s  # nothing written after the workers' first second without a driver
     assert len([n for n in after_1s if n.endswith(".json")]) < len(list(sample_corpus.glob("*.warc.gz"))) + 1
+
+
+def test_retry_limit_comes_from_the_pipeline_unless_the_environment_says(tmp_path, monkeypatch):
+    from curate.errors import ConfigError
+
+    monkeypatch.delenv("CURATE_MAX_TASK_RETRIES", raising=False)
+    spec = {**_extract_spec(tmp_path, "local"), "max_task_retries": 5}
+    assert Runner(spec, tmp_path / "r1", **QUIET).executor.max_task_retries == 5
+    assert Runner(_extract_spec(tmp_path, "local"), tmp_path / "r2", **QUIET).executor.max_task_retries == 3
+    monkeypatch.setenv("CURATE_MAX_TASK_RETRIES", "1")  # what `curate run --max-task-retries 1` sets
+    assert Runner(spec, tmp_path / "r3", **QUIET).executor.max_task_retries == 1
+    monkeypatch.setenv("CURATE_MAX_TASK_RETRIES", "-1")
+    with pytest.raises(ConfigError, match="max_task_retries must be >= 0, got -1"):
+        Runner(spec, tmp_path / "r4", **QUIET).executor
