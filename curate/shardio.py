@@ -26,7 +26,7 @@ def sha256_file(path: str | os.PathLike, bufsize: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def fast_hash_file(path: str | os.PathLike, bufsize: int = 1 << 20) -> str:
+def fast_hash_file(path: str | os.PathLike, bufsize: int = 1 << 18) -> str:
     """xxh3-128 of a file: what a rerun checks (with the size) before trusting an output."""
     h = xxhash.xxh3_128()
     with open(path, "rb") as f:
@@ -35,7 +35,7 @@ def fast_hash_file(path: str | os.PathLike, bufsize: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _hashes(path: Path, bufsize: int = 1 << 20) -> tuple[str, str]:
+def _hashes(path: Path, bufsize: int = 1 << 18) -> tuple[str, str]:
     s, x = hashlib.sha256(), xxhash.xxh3_128()
     with open(path, "rb") as f:
         while chunk := f.read(bufsize):

@@ -437,6 +437,8 @@ class TokenWriter:
             self.files[-1]["tokens"] = self._n
             self.files[-1]["sha256"] = self._h.hexdigest()
             self._f = None
+            if self._docs is not None:
+                self._write_sidecar(len(self.files) - 1)
 
     def write(self, arr: np.ndarray, lengths: np.ndarray | None = None, src: np.ndarray | None = None) -> None:
         """Append ``arr``; with a sidecar, ``lengths`` and ``src`` give its documents in order."""
@@ -467,22 +469,24 @@ class TokenWriter:
         self._close()
         for f in self.files:
             os.replace(self.out_dir / (f["path"] + ".tmp"), self.out_dir / f["path"])
-        if self._docs is not None:
-            self._write_sidecars()
         return self.files
 
-    def _write_sidecars(self) -> None:
+    def _write_sidecar(self, k: int) -> None:
+        """The sidecar of file ``k`` (just closed); only documents not yet finished stay in
+        memory, so the writer holds at most one file's documents."""
+        f = self.files[k]
         docs = np.concatenate(self._docs) if self._docs else np.zeros(0, DOCS_DTYPE)
         start, end = docs["off"], docs["off"] + docs["len"]
-        for k, f in enumerate(self.files):
-            a, b = k * self.cap, k * self.cap + f["tokens"]  # every file but the last holds ``cap`` tokens
-            sel = docs[(end > a) & (start < b)].copy()
-            lo, hi = np.maximum(sel["off"], a), np.minimum(sel["off"] + sel["len"], b)
-            sel["off"], sel["len"] = lo - a, hi - lo
-            name = f["path"][: -len(".bin")] + ".docs.npy"
-            blob = _npy_bytes(sel)
-            atomic_write_bytes(self.out_dir / name, blob)
-            f["docs"], f["docs_sha256"] = name, hashlib.sha256(blob).hexdigest()
+        a, b = k * self.cap, k * self.cap + f["tokens"]  # every file but the last holds ``cap`` tokens
+        sel = docs[(end > a) & (start < b)].copy()
+        lo, hi = np.maximum(sel["off"], a), np.minimum(sel["off"] + sel["len"], b)
+        sel["off"], sel["len"] = lo - a, hi - lo
+        name = f["path"][: -len(".bin")] + ".docs.npy"
+        blob = _npy_bytes(sel)
+        atomic_write_bytes(self.out_dir / name, blob)
+        f["docs"], f["docs_sha256"] = name, hashlib.sha256(blob).hexdigest()
+        rest = docs[end > b]
+        self._docs = [rest] if len(rest) else []
 
 
 def gather_docs(tokens: np.ndarray, off: np.ndarray, emit: np.ndarray, eos: int) -> np.ndarray:
