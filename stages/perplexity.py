@@ -43,7 +43,6 @@ from curate.stage import GlobalContext, GlobalResult, GlobalStage
 from filters.kenlm_lm import Scorer
 from stages.train_lm import load_models_index
 
-BUCKETS = ("head", "middle", "tail")
 REASONS = declare("perplexity", {
     "head": "perplexity in the head bucket (at or below the first per-language cut-off), a bucket not kept",
     "middle": "perplexity in the middle bucket (between the two per-language cut-offs), a bucket not kept",
