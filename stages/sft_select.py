@@ -16,6 +16,13 @@ Phases (:mod:`curate.phases`):
    off-language), ``sft-select.ppl_unscored`` for examples without a model when
    ``unscored: reject``.
 
+With ``ifd`` set (a checkpoint of the project's trainer and the tokenizer it was trained
+with), the ``score`` phase also computes the instruction-following difficulty of Li et al.
+(2023, "Cherry LLM"): the model's mean cross-entropy on the response tokens given the prompt
+divided by that on the response alone (both after one end-of-text token), as the ``ifd`` column
+(null when the response has no tokens). Near or above 1, the prompt does not help the model
+produce the response. It is a column only; no example is dropped by it.
+
 Models: ``models_from`` names a ``train-lm`` stage of this run, or is the path of a finished
 ``train-lm`` stage directory of another run (``runs/demo/train-lm``); ``model_paths`` (language
 -> KenLM file) add or override languages. The models' checksums count toward resume.
@@ -40,7 +47,7 @@ from curate.shardio import read_parquet, sha256_file, write_parquet
 from curate.shards import sum_shards, write_shard
 from curate.stage import GlobalContext, GlobalResult, GlobalStage
 from filters.kenlm_lm import Scorer
-from filters.sft_formats import response_text
+from filters.sft_formats import prompt_text, response_text
 from stages.train_lm import load_models_index
 
 REASONS = declare("sft-select", {
@@ -48,6 +55,28 @@ REASONS = declare("sft-select", {
     "ppl_high": "perplexity above the task's high percentile cut-off (too complex, garbled or off-language)",
     "ppl_unscored": "no perplexity (no model for the language, or no tokens) and unscored: reject",
 })
+
+
+class IfdSettings(StageConfig):
+    """Instruction-following difficulty with a trainer checkpoint.
+
+    Attributes:
+        checkpoint: a ``trainer`` checkpoint (``trainer.model.load_checkpoint``).
+        tokenizer: the ``tokenizer.json`` the checkpoint was trained with.
+        eos_token: the token put before the prompt (and before the bare response).
+        max_response_tokens: responses are cut to this many tokens; prompts keep their last
+            tokens that fit the model's context.
+        device: torch device.
+        threads: torch threads per worker (workers already run in parallel; more threads per
+            worker mostly contend for the same cores).
+    """
+
+    checkpoint: str
+    tokenizer: str
+    eos_token: str = "<|endoftext|>"
+    max_response_tokens: int = Field(default=256, gt=0)
+    device: str = "cpu"
+    threads: int = Field(default=1, ge=1)
 
 
 class SftSelectConfig(StageConfig):
@@ -62,6 +91,7 @@ class SftSelectConfig(StageConfig):
         exempt_tasks: tasks scored but never cut.
         unscored: keep or reject examples without a perplexity.
         default_lang: language of examples whose ``lang`` is null.
+        ifd: optional :class:`IfdSettings` (adds the ``ifd`` column).
     """
 
     models_from: str | None = None
@@ -72,6 +102,7 @@ class SftSelectConfig(StageConfig):
     exempt_tasks: tuple[str, ...] = ()
     unscored: Literal["keep", "reject"] = "keep"
     default_lang: str | None = None
+    ifd: IfdSettings | None = None
 
     @field_validator("percentiles")
     @classmethod
@@ -87,22 +118,74 @@ def _text_of(msgs: list[dict], how: str) -> str:
     return "\n\n".join(m["content"] for m in msgs if m.get("content"))
 
 
+class IfdScorer:
+    """Instruction-following difficulty (see the module docstring) with a trainer checkpoint."""
+
+    def __init__(self, settings: IfdSettings):
+        try:
+            import torch
+            from trainer.model import load_checkpoint
+        except ImportError as e:
+            raise ConfigError(f"sft-select: ifd needs the trainer's dependencies (pip install -e '.[train]'): {e}") from None
+        from tokenizers import Tokenizer
+
+        self.torch = torch
+        torch.set_num_threads(settings.threads)
+        self.model, self.mcfg = load_checkpoint(settings.checkpoint, settings.device)
+        self.tok = Tokenizer.from_file(settings.tokenizer)
+        self.eos = self.tok.token_to_id(settings.eos_token)
+        if self.eos is None:
+            raise ConfigError(f"sft-select: ifd.tokenizer has no token {settings.eos_token!r}")
+        if self.tok.get_vocab_size() > self.mcfg.vocab_size:
+            raise ConfigError(f"sft-select: ifd.tokenizer has {self.tok.get_vocab_size()} ids, the checkpoint "
+                              f"{self.mcfg.vocab_size}: not the tokenizer it was trained with")
+        self.max_resp = settings.max_response_tokens
+        self.device = settings.device
+
+    def _loss(self, ids: list[int], n_target: int) -> float:
+        """Mean cross-entropy of the last ``n_target`` tokens of ``ids`` given the ones before."""
+        torch = self.torch
+        x = torch.tensor([ids[:-1]], device=self.device)
+        y = torch.tensor(ids[1:][-n_target:], device=self.device)
+        with torch.no_grad():
+            logits = self.model(x)[0, -n_target:].float()
+        return float(torch.nn.functional.cross_entropy(logits, y))
+
+    def score(self, prompt: str, response: str) -> float:
+        r = self.tok.encode(response, add_special_tokens=False).ids[: min(self.max_resp, self.mcfg.block_size - 1)]
+        if not r:
+            return math.nan
+        p = self.tok.encode(prompt, add_special_tokens=False).ids
+        room = self.mcfg.block_size + 1 - len(r) - 1
+        p = p[-room:] if room > 0 else []
+        cond = self._loss([self.eos] + p + r, len(r))
+        alone = self._loss([self.eos] + r, len(r))
+        return cond / alone if alone > 0 else math.nan
+
+
 class ScoreWorker:
     """Phase ``score``: perplexities of one shard into ``_work/score-NNNNN.parquet``."""
 
     def __init__(self, model_paths: dict[str, str], cfg: dict, work_dir: str):
         self.cfg = SftSelectConfig.model_validate(cfg)
         self.scorer = Scorer(model_paths)
+        self.ifd = IfdScorer(self.cfg.ifd) if self.cfg.ifd is not None else None
         self.work = Path(work_dir)
 
     def __call__(self, task: dict) -> dict:
         t = read_parquet(task["path"], columns=["task", "lang", "messages"])
-        ppl = []
+        ppl, ifd = [], []
         for msgs, lang in zip(t.column("messages").to_pylist(), t.column("lang").to_pylist()):
             p = self.scorer.perplexity(_text_of(msgs, self.cfg.score_text), lang or self.cfg.default_lang)
             ppl.append(math.nan if p is None else p)
+            if self.ifd is not None:
+                ifd.append(self.ifd.score(prompt_text(msgs), response_text(msgs)))
         arr = np.asarray(ppl, np.float64)
-        out = pa.table({"task": t.column("task"), "ppl": pa.array(arr, pa.float64(), mask=np.isnan(arr))})
+        cols = {"task": t.column("task"), "ppl": pa.array(arr, pa.float64(), mask=np.isnan(arr))}
+        if self.ifd is not None:
+            a = np.asarray(ifd, np.float64)
+            cols["ifd"] = pa.array(a, pa.float64(), mask=np.isnan(a))
+        out = pa.table(cols)
         info = write_parquet(out, self.work / f"score-{task['index']:05d}.parquet")
         return {"index": task["index"], "rows": t.num_rows, "scored": int((~np.isnan(arr)).sum()), "files": [info]}
 
@@ -117,10 +200,12 @@ class FilterWorker:
 
     def __call__(self, task: dict) -> dict:
         table = read_parquet(task["path"])
-        ppl = read_parquet(task["scores"], columns=["ppl"]).column("ppl")
-        if "ppl" in table.column_names:
-            table = table.drop_columns(["ppl"])
-        table = table.append_column("ppl", ppl)
+        scores = read_parquet(task["scores"])
+        ppl = scores.column("ppl")
+        for name in [c for c in scores.column_names if c != "task"]:
+            if name in table.column_names:
+                table = table.drop_columns([name])
+            table = table.append_column(name, scores.column(name))
         reasons: list[str | None] = []
         exempt = set(self.cfg.exempt_tasks)
         for tk, p in zip(table.column("task").to_pylist(), ppl.to_pylist()):
@@ -172,12 +257,23 @@ class SftSelect(GlobalStage):
         return {k: str(Path(v).resolve()) for k, v in paths.items()}
 
     def extra_inputs(self, run_dir: Path) -> list[tuple[str, str]]:
-        return [(f"model:{lang}", sha256_file(p)) for lang, p in sorted(self.model_paths(run_dir).items())]
+        out = [(f"model:{lang}", sha256_file(p)) for lang, p in sorted(self.model_paths(run_dir).items())]
+        ifd = self.config.ifd  # type: ignore[attr-defined]
+        if ifd is not None:
+            for key in ("checkpoint", "tokenizer"):
+                p = getattr(ifd, key)
+                if not Path(p).is_file():
+                    raise ConfigError(f"stage {self.stage_name!r}: ifd.{key}: no file {p}")
+                out.append((f"ifd:{key}", sha256_file(p)))
+        return out
 
     def run(self, ctx: GlobalContext) -> GlobalResult:
         cfg: SftSelectConfig = self.config  # type: ignore[assignment]
         models = self.model_paths(ctx.run_dir)
         cfg_json = cfg.model_dump(mode="json")
+        if cfg.ifd is not None:  # workers may run in another directory
+            cfg_json["ifd"].update(checkpoint=str(Path(cfg.ifd.checkpoint).resolve()),
+                                   tokenizer=str(Path(cfg.ifd.tokenizer).resolve()))
         work = ctx.work_dir
         tasks = [{"index": i, "path": str(Path(p).resolve())} for i, p in enumerate(ctx.input_shards)]
         scored = ctx.phases.map("score", ScoreWorker, (models, cfg_json, str(work.resolve())), tasks,
