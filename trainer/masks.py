@@ -1,10 +1,10 @@
 """Expected SFT loss masks from the tokens themselves: 1 exactly on every assistant turn.
 
-An assistant turn starts after the template's assistant header (``assistant_prefix``) and
-ends with its end-of-turn token, which is a target too. The SFT stage names both in
-``meta.json``'s ``template`` (``assistant_prefix``, ``end_of_turn``; ``last_turn_only`` when
-only the final reply is trained on); for the shipped templates the name alone suffices.
-"""
+An assistant turn starts after the template's assistant header and ends with its end-of-turn
+token, which is a target too. The SFT stage writes the template's ``name``, ``end_of_turn``
+and ``last_turn_only`` (only the final reply is trained on) into ``meta.json``; the header
+is ``assistant_prefix`` there when given, else known by the name for the shipped templates
+(``chatml``, ``llama3``)."""
 
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ def template_markers(template: dict) -> tuple[str, str]:
     if pre and eot:
         return pre, eot
     name = str(template.get("name", "")).lower()
-    for key, markers in KNOWN_TEMPLATES.items():
+    for key, (known_pre, known_eot) in KNOWN_TEMPLATES.items():
         if key in name.replace("-", "").replace("_", ""):
-            return markers
+            return pre or known_pre, eot or known_eot
     raise ValueError(f"template {template.get('name')!r}: meta.json gives no assistant_prefix/end_of_turn "
                      f"and the name is none of {sorted(KNOWN_TEMPLATES)}")
 
