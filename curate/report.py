@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from . import report_outputs, report_sections
+from . import report_outputs, report_samples, report_sections
 from .report_data import Run, load_run
 from .report_sections import Section
 from .shardio import atomic_write_bytes
@@ -32,7 +32,7 @@ SECTIONS: list[tuple[str, Callable[[Run], Section | str]]] = [
     ("SFT mixture", report_outputs.sft),
     ("Vocabulary extension", report_outputs.vocab),
     ("Training, verification and ablations", report_outputs.training),
-    ("Sample rejected documents", report_sections.samples),
+    ("Sample rejected documents", report_samples.samples),
 ]
 
 CSS = """

@@ -235,6 +235,27 @@ def lines(series: dict[str, tuple[Sequence[float], Sequence[float]]], title: str
     return to_png(fig)
 
 
+def line_panels(panels: Sequence[tuple[str, dict[str, tuple[Sequence[float], Sequence[float]]], float | None]],
+                title: str, xlabel: str, ylabel: str) -> bytes:
+    """Side-by-side line charts ``(panel title, series, reference level or None)``; the reference
+    level is a dashed grey line."""
+    fig = figure(height=3.4)
+    axes = fig.subplots(1, max(1, len(panels)), squeeze=False)[0]
+    for ax, (name, series, ref) in zip(axes, panels):
+        for j, (label, (x, y)) in enumerate(series.items()):
+            ax.plot(x, y, label=label, color=color(j), linewidth=1.4, marker="o", markersize=3)
+        if ref is not None:
+            ax.axhline(ref, color="#888888", linestyle="--", linewidth=1, label="before")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    return to_png(fig)
+
+
 def _fmt(v: float) -> str:
     if isinstance(v, (int, np.integer)) or float(v).is_integer():
         v = int(v)

@@ -35,13 +35,14 @@ def read_json(path: Path) -> Any | None:
         return None
 
 
-def _lit(value: str | Path) -> str:
+def sql_str(value: str | Path) -> str:
+    """``value`` as a SQL string literal."""
     return "'" + str(value).replace("'", "''") + "'"
 
 
 def parquet_source(files: list[Path]) -> str:
     """A DuckDB table expression over ``files`` (columns unioned by name)."""
-    return f"read_parquet([{', '.join(_lit(f) for f in files)}], union_by_name=true)"
+    return f"read_parquet([{', '.join(sql_str(f) for f in files)}], union_by_name=true)"
 
 
 @dataclass

@@ -255,20 +255,71 @@ def _verification(run: Run, path: Path) -> str | None:
                                                    for c in checks], numeric_from=9))
 
 
+def _ablation(run: Run, path: Path) -> tuple[list[Chart], list[str]]:
+    """Charts and a table from trainer/ablation.py's ``results.json``."""
+    res = read_json(path)
+    if not isinstance(res, dict):
+        return [], []
+    where = str(path.parent.relative_to(run.dir))
+    charts, tables = [], []
+    a = {arm: pts for arm, pts in (res.get("raw_vs_curated") or {}).items() if isinstance(pts, list) and pts}
+    if a:
+        series = {arm: ([p["tokens"] for p in pts], [p["loss"] for p in pts]) for arm, pts in a.items()}
+        final = {arm: pts[-1]["loss"] for arm, pts in a.items()}
+        best = min(final, key=lambda k: (final[k], k))
+        held = res.get("heldout") or {}
+        docs = held.get("docs", 0) - held.get("dropped", 0)
+        reading = (f"After {n(max(p['tokens'] for pts in a.values() for p in pts))} training tokens per arm, "
+                   + ", ".join(f"{arm} ends at {v:.3f}" for arm, v in final.items())
+                   + f" nats/token on {n(docs)} clean held-out documents; {best} is lower by "
+                   f"{max(final.values()) - final[best]:.3f}.")
+        title = f"Raw vs curated: clean held-out loss ({where})"
+        charts.append(Chart(title, ch.lines(series, title, "training tokens", "held-out loss (nats per token)"),
+                            reading))
+    cpt = res.get("cpt") or {}
+    base = (cpt.get("base") or {}).get("sources") or {}
+    arms = {k: v for k, v in cpt.items() if k != "base" and isinstance(v, list) and v}
+    groups = [g for g in ("general", "domain") if g in base]
+    if arms and groups:
+        panels = []
+        for g in groups:
+            series = {arm: ([p["tokens"] for p in pts], [p["sources"][g]["loss"] for p in pts])
+                      for arm, pts in arms.items() if all(g in p.get("sources", {}) for p in pts)}
+            panels.append((f"{g} held-out", series, base[g]["loss"]))
+        change = {g: {arm: pts[-1]["sources"][g]["loss"] - base[g]["loss"] for arm, pts in arms.items()
+                      if g in pts[-1].get("sources", {})} for g in groups}
+        parts = [f"{g} loss from {base[g]['loss']:.3f} before: " + ", ".join(
+            f"{arm} {d:+.3f}" for arm, d in change[g].items()) for g in groups]
+        if "general" in change and change["general"]:
+            least = min(change["general"], key=lambda k: (change["general"][k], k))
+            parts.append(f"{least} forgets least")
+        title = f"Continued pretraining: forgetting and domain gain ({where})"
+        charts.append(Chart(title, ch.line_panels(panels, title, "continued-pretraining tokens",
+                                                  "held-out loss (nats per token)"), "; ".join(parts) + "."))
+        rows = [["base (before)"] + [f"{base[g]['loss']:.4f}" for g in groups]]
+        rows += [[arm] + [f"{pts[-1]['sources'][g]['loss']:.4f} ({change[g][arm]:+.4f})" for g in groups]
+                 for arm, pts in arms.items()]
+        tables.append(table(["continued pretraining"] + [f"{g} held-out loss" for g in groups], rows))
+    return charts, tables
+
+
 def training(run: Run) -> Section | str:
     """Loss curves from every trainer ``metrics.jsonl`` in the run, verification reports, and
-    the ablations' own curves (PNG) and tables."""
+    the ablations (``results.json`` of trainer/ablation.py; its arms' own curves are not repeated)."""
     sec = Section("training", "Training, verification and ablations")
+    ablations = _found(run, "results.json")
+    ablation_dirs = [p.parent for p in ablations]
     for path in _found(run, "metrics.jsonl"):
-        sec.charts.extend(_curves(run, path))
+        if not any(path.is_relative_to(d) for d in ablation_dirs):
+            sec.charts.extend(_curves(run, path))
     for path in _found(run, "report.json"):
         block = _verification(run, path)
         if block:
             sec.tables.append(block)
-    for path in _found(run, "*.png"):
-        if "ablation" in path.relative_to(run.dir).parts:
-            sec.charts.append(Chart(f"Ablation: {path.stem} ({path.parent.relative_to(run.dir)})", path.read_bytes(),
-                                    "Curves drawn by the ablation run itself (trainer/ablation.py)."))
+    for path in ablations:
+        charts, tables = _ablation(run, path)
+        sec.charts.extend(charts)
+        sec.tables.extend(tables)
     if not sec.charts and not sec.tables:
-        return "no trainer metrics.jsonl, verification report or ablation output in the run"
+        return "no trainer metrics.jsonl, verification report or ablation results in the run"
     return sec

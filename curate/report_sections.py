@@ -1,5 +1,5 @@
-"""The report's document sections: funnel, rejections, languages, quality, perplexity, dedup,
-PII and the sample documents behind the top reject reasons.
+"""The report's document sections: funnel, rejections, languages, quality, perplexity, dedup
+and PII (the sample documents are in :mod:`curate.report_samples`).
 
 Each section function takes a :class:`curate.report_data.Run` and returns a :class:`Section`,
 or a string saying why the run has nothing for it (the report lists those at the end). Every
@@ -9,14 +9,13 @@ chart's one-line reading is computed from the same numbers the chart draws.
 from __future__ import annotations
 
 import html
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import report_charts as ch
-from .reasons import load_builtins, meaning
-from .report_data import Run, StageView, parquet_source
+from .report_data import Run, StageView, parquet_source, sql_str
 from .report_summary import stage_summary
 
 MB = 1e6
@@ -355,7 +354,7 @@ def perplexity(run: Run) -> Section | str:
     cols = run.columns(files)
     if lang_col not in cols:
         return f"the perplexity shards have no {lang_col} column"
-    is_excl = (f"source IN ({', '.join(_sql_str(x) for x in excl)})" if excl and "source" in cols else "false")
+    is_excl = (f"source IN ({', '.join(sql_str(x) for x in excl)})" if excl and "source" in cols else "false")
     rows = run.rows(f"SELECT {lang_col}, list(ppl) FILTER (WHERE NOT {is_excl}), list(ppl) FILTER (WHERE {is_excl}) "
                     f"FROM {parquet_source(files)} WHERE ppl IS NOT NULL GROUP BY ALL ORDER BY count(*) DESC, 1")
     if not rows:
@@ -466,77 +465,3 @@ def pii(run: Run) -> Section | str:
                 [r[0] for r in rows], [r[2] for r in rows], "Documents with PII by source", "source",
                 "documents with at least one detection"), reading))
     return sec
-
-
-# ---------------------------------------------------------------- sample documents
-
-
-SAMPLES_PER_REASON = 3
-SAMPLE_CHARS = 400
-
-
-def _scrubber(run: Run):
-    from filters.pii import Scrubber
-
-    cfg = ((run.first("pii") or StageView("", run.dir)).manifest or {}).get("config") or {}
-    kw = {k: cfg[k] for k in ("types", "phone_regions") if k in cfg}
-    return Scrubber(policy="placeholder", **kw)
-
-
-def samples(run: Run) -> Section | str:
-    """A few rejected documents for each of the top reasons of every stage that rejected any."""
-    load_builtins()
-    pii_stage = run.first("pii")
-    pii_at = run.index(pii_stage) if pii_stage and pii_stage.finished else None
-    scrubber = None
-    blocks = []
-    for s in run.document_stages:
-        c = s.counts
-        if not c or not c["rejected"] or not s.rejected_files:
-            continue
-        cols = run.columns(s.rejected_files)
-        if "reason" not in cols:
-            continue
-        top = [r for r, _ in sorted(c["reasons"].items(), key=lambda kv: (-kv[1], kv[0]))[:3]]
-        pick = ", ".join(x if x in cols else f"NULL AS {x}" for x in ("id", "url", "source", "lang", "detail", "text"))
-        order = "id" if "id" in cols else "url"
-        rows = run.rows(
-            f"SELECT reason, {pick} FROM (SELECT *, row_number() OVER (PARTITION BY reason ORDER BY {order}) AS k "
-            f"FROM {parquet_source(s.rejected_files)} WHERE reason IN ({', '.join(_sql_str(r) for r in top)})) "
-            f"WHERE k <= {SAMPLES_PER_REASON} ORDER BY reason, k")
-        before_pii = pii_at is None or run.index(s) < pii_at
-        label = "kept twin" if s.type == "dedup" else "detail"
-        grouped_rows = defaultdict(list)
-        for r in rows:
-            grouped_rows[r[0]].append(r[1:])
-        for reason in top:
-            items = []
-            for doc_id, url, source, lang, detail, text in grouped_rows.get(reason, []):
-                excerpt = (text or "")[: SAMPLE_CHARS * 2]
-                if excerpt and before_pii:
-                    scrubber = scrubber or _scrubber(run)
-                    excerpt = scrubber.scrub(excerpt, doc_id or "").text
-                cut = len(text or "") > SAMPLE_CHARS
-                excerpt = excerpt[:SAMPLE_CHARS] + ("…" if cut else "")
-                meta = " · ".join(str(x) for x in (url, source, lang) if x)
-                items.append(
-                    f"<div class=\"doc\"><div class=\"meta\">{html.escape(meta)}"
-                    + (f"<br>{label}: {html.escape(str(detail)[:200])}" if detail else "")
-                    + ("" if excerpt else " (no text)") + "</div>"
-                    + (f"<pre>{html.escape(excerpt)}</pre>" if excerpt else "") + "</div>")
-            note = " (excerpts scrubbed for this report: this stage ran before pii)" if before_pii else ""
-            what = meaning(reason)
-            blocks.append(f"<h3>{html.escape(reason)} <small>{n(c['reasons'][reason])} documents, "
-                          f"stage {html.escape(s.name)}{html.escape(note)}</small></h3>"
-                          + (f"<p class=\"meaning\">{html.escape(what)}</p>" if what else "") + "".join(items))
-    if not blocks:
-        return "no rejected documents to show"
-    sec = Section("samples", "Sample rejected documents",
-                  intro=f"Up to {SAMPLES_PER_REASON} documents (lowest ids) for each stage's top 3 reasons, "
-                        f"first {SAMPLE_CHARS} characters, PII replaced by placeholders.")
-    sec.tables.extend(blocks)
-    return sec
-
-
-def _sql_str(s: str) -> str:
-    return "'" + s.replace("'", "''") + "'"
