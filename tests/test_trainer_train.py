@@ -99,3 +99,11 @@ def test_config_errors_are_one_line(tmp_path):
         load_config(str(p), {})
     with pytest.raises(TrainError, match="batch_size"):
         load_config(None, {"data": "x", "out": "y", "batch_size": 0})
+
+
+def test_resume_refuses_a_changed_config(demo_run, tmp_path):
+    c = cfg(demo_run / "mix", tmp_path / "r", max_steps=2, ckpt_every=2, eval_every=2)
+    train(c, log=lambda *_: None)
+    with pytest.raises(TrainError, match=r"written with lr=0.01, this run has 0.02; use another --out or --no-resume"):
+        train({**c, "lr": 2e-2}, log=lambda *_: None)
+    assert train({**c, "max_steps": 3}, log=lambda *_: None)["steps"] == 3  # extending a run is allowed

@@ -88,6 +88,11 @@ class TrainConfig(BaseModel):
     fault_spike_scale: float = Field(10.0, gt=0, description="test hook: their loss (and gradient) is multiplied by this")
 
 
+# Settings a resumed run may change; any other difference from the checkpoint's config is an error.
+RESUME_MAY_CHANGE = {"max_steps", "eval_every", "ckpt_every", "progress", "threads", "resume", "peak_flops",
+                     "fault_kill_at_step", "fault_spike_batches", "fault_spike_scale", "max_rollbacks", "compile"}
+
+
 class TrainError(Exception):
     """A run that cannot start or continue (one line)."""
 
@@ -250,6 +255,12 @@ class Run:
 
     def restore(self) -> dict:
         blob = read_checkpoint(self.ckpt, "cpu")
+        old = blob.get("train_config", {})
+        changed = [k for k, v in self.cfg.model_dump(mode="json").items() if k not in RESUME_MAY_CHANGE and old.get(k) != v]
+        if changed:
+            k = changed[0]
+            raise TrainError(f"{self.ckpt} was written with {k}={old.get(k)!r}, this run has {getattr(self.cfg, k)!r}; "
+                             "use another --out or --no-resume")
         self.model.load_state_dict(blob["model"])
         self.opt.load_state_dict(blob["optimizer"])
         torch.set_rng_state(blob["rng"]["torch"])
@@ -259,7 +270,9 @@ class Run:
 
     def _truncate_metrics(self, n_lines: int) -> None:
         lines = self.metrics_path.read_text().splitlines(keepends=True)[:n_lines] if self.metrics_path.exists() else []
-        self.metrics_path.write_text("".join(lines))
+        tmp = self.metrics_path.with_name(self.metrics_path.name + ".tmp")
+        tmp.write_text("".join(lines))
+        os.replace(tmp, self.metrics_path)
 
     def emit(self, rec: dict) -> None:
         self._mf.write(json.dumps(rec, sort_keys=True) + "\n")
