@@ -13,7 +13,8 @@ that outputs are deterministic.
 Assistant spans. :meth:`ChatTemplate.pieces` renders the conversation twice: as is, and with
 every turn's content wrapped in two private-use marker characters unique to the turn. When
 removing the markers gives exactly the plain rendering and every turn's content appears once,
-intact, the markers give the content spans (fast path). Otherwise (a template that strips
+intact, and the template text after each assistant turn holds its end-of-turn string, the
+markers give the content spans (fast path). Otherwise (a template that strips
 content, tests it, or drops turns) each assistant turn's start is found by rendering the
 conversation before it with ``add_generation_prompt=True`` and its end by rendering the
 conversation up to it; both renderings must be prefixes of the full rendering (fallback path),
@@ -23,8 +24,8 @@ after its content: the content, any tool calls the template writes after it, and
 end-of-turn token, which is what the model has to generate.
 
 Tokens. The rendered text is cut into pieces at every span boundary, each piece tokenised on
-its own (template text with special tokens recognised, turn content literally: a literal
-``<|im_end|>`` typed by a user stays text), and the ids concatenated. The mask is therefore 1
+its own (template text with special tokens recognised; on the fast path turn content literally:
+a literal ``<|im_end|>`` typed by a user stays text), and the ids concatenated. The mask is therefore 1
 exactly on the target pieces' tokens, with no token straddling a boundary. A tokenizer that adds
 something to every encode call (a prefix space, BOS) cannot be cut this way and is refused.
 """
