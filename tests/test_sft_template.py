@@ -156,3 +156,18 @@ def test_same_text_as_transformers_apply_chat_template(tokenizer, name):
             ours = t.render(tm, tools, add_generation_prompt=gen)
             theirs = hf.apply_chat_template(tm, tools=tools, tokenize=False, add_generation_prompt=gen)
             assert ours == theirs
+
+
+def test_tokenizer_that_prefixes_every_call_is_refused():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from curate.errors import ConfigError
+    from filters.chat_template import check_splittable
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tok.train_from_iterator(["a b ab ba"] * 10, trainers.BpeTrainer(vocab_size=50, special_tokens=["<unk>"],
+                                                                   show_progress=False))
+    with pytest.raises(ConfigError, match="adds text to every encode call"):
+        check_splittable(tok)
