@@ -314,3 +314,51 @@ def test_ifd_column_with_a_trainer_checkpoint(world, tmp_path):
         logits = scorer.model(torch.tensor([[scorer.eos] + ids[:-1]]))[0]
     direct = float(torch.nn.functional.cross_entropy(logits, torch.tensor(ids)))
     assert scorer._loss([scorer.eos] + ids, len(ids)) == pytest.approx(direct)
+
+
+def test_encode_rejects_template_errors_and_truncates_by_whole_exchanges(tmp_path):
+    import pyarrow as pa
+
+    from stages.sft_mix import IDX, OK, TEMPLATE_ERROR, TOO_LONG, EncodeWorker
+    from stages.sft_read import MESSAGE
+
+    tpl = tmp_path / "strict.jinja"
+    tpl.write_text(load_template("chatml").source.replace(
+        "{%- for message in messages %}",
+        "{%- for message in messages %}{% if message.role == 'tool' %}{{ raise_exception('no tools here') }}{% endif %}"))
+    (tmp_path / "strict.json").write_text(json.dumps({"end_of_turn": "<|im_end|>",
+                                                      "special_tokens": ["<|im_start|>", "<|im_end|>"]}))
+    tok = bpe.train_bpe(["hello there friend " * 20], 300)
+    from filters.chat_template import add_special_tokens
+
+    add_special_tokens(tok, ["<|im_start|>", "<|im_end|>"])
+    tok.save(str(tmp_path / "tok.json"))
+    long_turn = "hello there friend " * 30
+    convs = [
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+        [{"role": "user", "content": "q"}, {"role": "assistant", "content": "", "tool_calls": [
+            {"id": None, "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+         {"role": "tool", "content": "r"}, {"role": "assistant", "content": "done"}],
+        [{"role": "system", "content": "be kind"}, {"role": "user", "content": long_turn},
+         {"role": "assistant", "content": long_turn}, {"role": "user", "content": "short?"},
+         {"role": "assistant", "content": "yes"}],
+        [{"role": "user", "content": long_turn}, {"role": "assistant", "content": long_turn}],
+    ]
+    table = pa.table({"id": [f"x{i}" for i in range(4)], "task": ["t"] * 4,
+                      "messages": pa.array(convs, pa.list_(MESSAGE)), "tools": [None] * 4})
+    import pyarrow.parquet as pq
+
+    pq.write_table(table, tmp_path / "in.parquet")
+    cfg = SftMixConfig(template={"path": str(tpl)}, context_length=120, overlong="truncate").model_dump(mode="json")
+    (tmp_path / "work").mkdir()
+    res = EncodeWorker(str(tmp_path / "tok.json"), cfg, str(tmp_path / "work"), ["t"])(
+        {"index": 0, "path": str(tmp_path / "in.parquet")})
+    idx = np.fromfile(tmp_path / "work" / "idx-00000.bin", IDX)
+    assert idx["status"].tolist() == [OK, TEMPLATE_ERROR, OK, TOO_LONG]
+    assert idx["trunc"].tolist() == [0, 0, 2, 0]  # the long first exchange dropped, the system turn kept
+    assert [r[1] for r in res["rejects"]] == ["sft-mix.template_error", "sft-mix.too_long"]
+    assert "no tools here" in res["rejects"][0][2]
+    toks = np.fromfile(tmp_path / "work" / "tok-00000.bin", np.uint16)
+    o, n = int(idx["off"][2]), int(idx["len"][2])
+    text = tok.decode(toks[o:o + n].tolist(), skip_special_tokens=False)
+    assert text == "<|im_start|>system\nbe kind<|im_end|>\n<|im_start|>user\nshort?<|im_end|>\n<|im_start|>assistant\nyes<|im_end|>\n"
