@@ -31,10 +31,13 @@ MAX_HEADER_BYTES = 1 << 16  # a WARC header block longer than this is not a head
 HEAD_BYTES = 1 << 16  # what is kept of an oversize record (enough for its headers)
 
 _HEADER_AT = re.compile(rb"WARC/\d+\.\d+\r?\n")
-# A header line (where a damaged region ends, not always at a line start), or the start of
-# one that the end of the data cuts.
-_HEADER_NEXT = re.compile(rb"WARC/(?:\d+\.\d+\r?\n|[0-9.]*\r?\Z)")
+# The start of a header line cut by the end of the data ("WARC/1.", "WA", ...): what may
+# follow a record's trailer.
 _HEADER_CUT = re.compile(rb"W(?:A(?:R(?:C(?:/[0-9.]*\r?)?)?)?)?\Z")
+# Where a damaged region ends: a header line (not always at a line start: garbage may precede
+# it), or one cut after its "WARC/" at the start of the last line (a shorter cut is not told
+# from a "WARC-..." header field).
+_HEADER_NEXT = re.compile(rb"WARC/\d+\.\d+\r?\n|(?<=\n)WARC/[0-9.]*\r?\Z")
 
 
 @dataclass
@@ -106,8 +109,9 @@ def _next_header(buf, start: int) -> int | None:
 
 
 def _skip_blank(buf, pos: int) -> int:
+    """The offset after the blank lines (and NUL padding, as a crashed writer leaves) at ``pos``."""
     n = len(buf)
-    while pos < n and buf[pos:pos + 1] in (b"\r", b"\n"):
+    while pos < n and buf[pos:pos + 1] in (b"\r", b"\n", b"\x00"):
         pos += 1
     return pos
 
@@ -183,8 +187,9 @@ def _scan_magic(f, start: int, magic: bytes) -> int | None:
 
 
 def _starts_a_record(f, off: int) -> bool:
-    """Whether the gzip data at ``off`` starts decompressing into a ``WARC/`` line: a real
-    member start (a damaged one), not a stray magic number inside compressed data."""
+    """Whether the gzip data at ``off`` starts decompressing into a ``WARC/`` line (or, cut
+    short, into the start of one): a real member start (a damaged one), not a stray magic
+    number inside compressed data."""
     f.seek(off)
     raw = f.read(4096)
     d = zlib.decompressobj(16 + zlib.MAX_WBITS)
@@ -196,7 +201,7 @@ def _starts_a_record(f, off: int) -> bool:
                 break
     except zlib.error:
         pass
-    return out.startswith(b"WARC/")
+    return out.startswith(b"WARC/") or (0 < len(out) < 5 and b"WARC/".startswith(out))
 
 
 def iter_gzip_members(f, max_member_bytes: int) -> Iterator[tuple[int, bytes | None, str | None, bool, int]]:
