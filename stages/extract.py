@@ -417,7 +417,7 @@ class Extract(SourceStage):
         if html is None:
             return row, "extract.decode_error", err
         if note is not None:
-            stats["decode.replaced_bytes" if "U+FFFD" in note else "decode.other_charset"] += 1
+            stats["decode.pages_with_replaced_bytes" if "U+FFFD" in note else "decode.pages_in_another_charset"] += 1
         m = _HTML_LANG.search(body[:4096])
         row["html_lang"] = m.group(1).decode("ascii").lower() if m else None
         try:
