@@ -20,6 +20,14 @@ console = Console(stderr=False, width=None if sys.stdout.isatty() else 120)
 err_console = Console(stderr=True)
 
 
+def _local_run(run_dir: str) -> Path:
+    """The local folder of a run: the path itself, or for a storage URI (``s3://...``) its
+    mirror after pulling the run (curate.storage; a CurateError when it cannot be read)."""
+    from .storage import local_run
+
+    return local_run(run_dir)
+
+
 def _fail(e: Exception, log: Path | None = None) -> None:
     """One line on stderr (never wrapped, the message is not read as markup), exit code 2."""
     line = Text.assemble(("error:", "bold red"), f" {e}", f" (full traceback: {log})" if log else "")
@@ -30,7 +38,7 @@ def _fail(e: Exception, log: Path | None = None) -> None:
 @app.command()
 def run(
     pipeline: Path = typer.Argument(..., help="pipeline YAML (see manifests/)"),
-    run_dir: Path = typer.Option(..., "--run", help="run directory, e.g. runs/demo"),
+    run_dir: str = typer.Option(..., "--run", help="run directory, e.g. runs/demo, or a storage URI (s3://bucket/run)"),
     executor: Optional[str] = typer.Option(None, help="ray (default in the YAML) or local"),
     workers: Optional[int] = typer.Option(None, help="number of workers"),
     stage: Optional[list[str]] = typer.Option(None, "--stage", help="run only these stages (repeatable)"),
@@ -52,11 +60,17 @@ def run(
         run_pipeline(pipeline, run_dir, executor=executor, workers=workers, stages=stage or None, force=force,
                      log=lambda m: console.print(m, highlight=False, markup=False))
     except TaskError as e:
-        _fail(e, e.write_log(run_dir))
+        from .storage import open_run
+
+        store = open_run(run_dir)
+        log = e.write_log(store.local)
+        store.push([log])
+        _fail(e, log)
     except CurateError as e:
         _fail(e)
     inspect(run_dir, top=5)
-    console.print(f"outputs: {run_dir.resolve()}  (query: curate sql \"SELECT ...\" --run {run_dir})")
+    where = run_dir if "://" in run_dir else Path(run_dir).resolve()
+    console.print(f"outputs: {where}  (query: curate sql \"SELECT ...\" --run {run_dir})")
 
 
 @app.command()
@@ -98,7 +112,7 @@ def reasons(
 @app.command()
 def sql(
     query_text: str = typer.Argument(..., metavar="SQL"),
-    run_dir: Path = typer.Option(..., "--run", help="run directory"),
+    run_dir: str = typer.Option(..., "--run", help="run directory (or storage URI)"),
     fmt: str = typer.Option("table", "--format", help="table, csv or json"),
     allow_write: Optional[Path] = typer.Option(
         None, "--allow-write", help="a directory outside the run where COPY ... TO may write (default: none)"),
@@ -111,7 +125,7 @@ def sql(
     from .sql import query
 
     try:
-        cols, rows = query(run_dir, query_text, allow_write=allow_write)
+        cols, rows = query(_local_run(run_dir), query_text, allow_write=allow_write)
     except CurateError as e:
         _fail(e)
     if fmt == "json":
@@ -132,7 +146,7 @@ def sql(
 
 @app.command()
 def inspect(
-    run_dir: Path = typer.Argument(..., help="run directory"),
+    run_dir: str = typer.Argument(..., help="run directory (or storage URI)"),
     top: int = typer.Option(5, help="reject reasons shown per stage (the rest are summed)"),
 ):
     """Print the funnel: documents in, kept and rejected by reason, and what each stage did."""
@@ -140,7 +154,7 @@ def inspect(
     from .report_summary import stage_summary
 
     try:
-        run = load_run(run_dir)
+        run = load_run(_local_run(run_dir))
     except CurateError as e:
         _fail(e)
     t = Table("stage", "in", "kept", "rejected", "by reason", "what it did", "s", "docs/s", title=f"funnel: {run_dir}")
@@ -169,14 +183,14 @@ def inspect(
 
 @app.command()
 def report(
-    run_dir: Path = typer.Argument(..., help="run directory (finished or not)"),
+    run_dir: str = typer.Argument(..., help="run directory (finished or not; or storage URI: read from its mirror)"),
     out: Optional[Path] = typer.Option(None, "--out", help="HTML file to write (default RUN/report.html)"),
 ):
     """Write one self-contained HTML page with the run as charts (read from what the run wrote)."""
     from .report import build_report
 
     try:
-        path, info = build_report(run_dir, out)
+        path, info = build_report(_local_run(run_dir), out)
     except CurateError as e:
         _fail(e)
     skipped = f"; not in this run: {', '.join(info['absent'])}" if info["absent"] else ""
@@ -187,7 +201,7 @@ def report(
 
 @app.command()
 def export(
-    run_dir: Path = typer.Argument(..., help="run directory"),
+    run_dir: str = typer.Argument(..., help="run directory (or storage URI: read from its mirror)"),
     stage: str = typer.Argument(..., help="stage name"),
     fmt: str = typer.Option("jsonl", "--format", help="jsonl, parquet or messages (chat JSONL)"),
     columns: Optional[str] = typer.Option(None, help="comma-separated columns (default: all)"),
@@ -199,7 +213,7 @@ def export(
 
     cols = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
     try:
-        res = export_stage(run_dir, stage, fmt=fmt, columns=cols, rejected=rejected, out=out)
+        res = export_stage(_local_run(run_dir), stage, fmt=fmt, columns=cols, rejected=rejected, out=out)
     except CurateError as e:
         _fail(e)
     if res["path"] != "-":

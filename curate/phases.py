@@ -19,6 +19,11 @@ global stages (dedup, train-lm, perplexity, mix, ...) call ``ctx.phases.map`` / 
 from their ``run``. Work files go under ``ctx.work_dir`` (``<stage>/_work``), removed by the
 runner when the stage has finished.
 
+A run on a storage URI (:mod:`curate.storage`) gives the engine its store: each task's files,
+then its marker, are uploaded as soon as the marker is written, and the stage folder is mirrored
+up at the end of each phase. Keys see mirror paths as the run's URI, so a run resumed from
+another mirror (another machine) finds its markers.
+
 Fault injection for tests: ``CURATE_FAULT=kill:<stage>:<phase>:<k>`` kills the process
 (SIGKILL) just before the ``k``-th result (0-based) of that phase is recorded.
 """
@@ -82,10 +87,15 @@ class Phases:
         executor: the run's executor (``curate.executors.Executor``).
         stage_name: the stage's name in the pipeline (progress bars, messages, fault hook).
         log: where one-line notes go (resumed phases).
+        store: the run's storage (``curate.storage.RemoteRun``) or None for a local run.
     """
 
-    def __init__(self, stage_dir: Path, stage_key: str, executor: Any, stage_name: str, log: Callable = print):
+    def __init__(self, stage_dir: Path, stage_key: str, executor: Any, stage_name: str, log: Callable = print,
+                 store: Any = None):
         self.stage_dir = Path(stage_dir)
+        # the run's storage (curate.storage.RemoteRun for a run on a URI): gets every committed
+        # task's files and marker, and the stage folder at the end of each phase
+        self.store = store
         self.work_dir = self.stage_dir / "_work"
         self.executor = executor
         self.stage_name = stage_name
@@ -121,13 +131,22 @@ class Phases:
             os.kill(os.getpid(), signal.SIGKILL)
         result = _relativise(result, self.stage_dir)
         atomic_write_json(path, {"key": key, "result": result})
+        if self.store is not None:
+            self.store.push([self.file(f) for f in result.get("files") or []] + [path])
         return result
+
+    def _logical(self, obj: Any) -> Any:
+        return self.store.logical(obj) if self.store is not None else obj
+
+    def _phase_done(self) -> None:
+        if self.store is not None:
+            self.store.sync(self.stage_dir)
 
     def _phase_key(self, name: str, key: Any) -> str:
         return stable_hash(self._chain, name, key)
 
     def _advance(self, pkey: str, results: list[dict]) -> None:
-        self._chain = stable_hash(pkey, [_stable_part(r) for r in results])
+        self._chain = stable_hash(pkey, [_stable_part(self._logical(r)) for r in results])
 
     # ------------------------------------------------------------------ phases
     def map(
@@ -151,7 +170,7 @@ class Phases:
         mdir = marker_dir or (self.work_dir / name)
         names = marker_names or [f"{i:05d}" for i in range(len(tasks))]
         results: list[dict | None] = [None] * len(tasks)
-        keys = [stable_hash(pkey, t) for t in tasks]
+        keys = [stable_hash(pkey, self._logical(t)) for t in tasks]
         todo = []
         for i in range(len(tasks)):
             r = self._load(self._marker_path(mdir, names[i]), keys[i])
@@ -172,6 +191,7 @@ class Phases:
             results[i] = self._record(name, recorded, self._marker_path(mdir, names[i]), keys[i], res)
             recorded += 1
         self._advance(pkey, results)  # type: ignore[arg-type]
+        self._phase_done()
         self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - t0, 3)
         return results  # type: ignore[return-value]
 
@@ -188,6 +208,7 @@ class Phases:
             self.skipped[name] = 0
             res = self._record(name, 0, path, pkey, fn())
         self._advance(pkey, [res])
+        self._phase_done()
         self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - t0, 3)
         return res
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import storage
 from .config import PipelineSpec, StageConfig, StageSpec, build_config, config_hash, load_pipeline, parse_pipeline
 from .errors import ConfigError
 from .stage import GlobalStage, MapStage, SourceStage, Stage, load_stage_class
@@ -44,10 +45,6 @@ class PlannedStage:
 
     def make(self) -> Stage:
         return self.cls(self.config, self.name)
-
-
-def _storage_uri(path: str) -> bool:
-    return "://" in path and not path.startswith("file://")
 
 
 def validate(spec: PipelineSpec, where: str) -> list[PlannedStage]:
@@ -87,13 +84,21 @@ def validate(spec: PipelineSpec, where: str) -> list[PlannedStage]:
 
 
 def check_paths(plan: list[PlannedStage], where: str, names: list[str] | None = None) -> None:
-    """The input paths of the source stages among ``names`` (default: all) must exist."""
+    """The input paths of the source stages among ``names`` (default: all) must exist; a
+    storage URI must name an object or a prefix with objects under it."""
     for p in plan:
         if names is not None and p.name not in names:
             continue
         if issubclass(p.cls, SourceStage):
             for path in p.spec.input.paths:  # type: ignore[union-attr]
-                if not _storage_uri(path) and not Path(path).exists():
+                if storage.is_uri(path):
+                    try:
+                        found = storage.exists(path)
+                    except storage.StorageError as e:
+                        raise ConfigError(f"stage {p.name!r} of {where}: {e}") from None
+                else:
+                    found = Path(storage.local_path(path)).exists()
+                if not found:
                     raise ConfigError(f"stage {p.name!r} of {where}: input path not found: {path}")
 
 

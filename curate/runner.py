@@ -6,7 +6,9 @@ stage is one phase with a task per input shard (the worker writes the shard with
 :func:`curate.shards.write_shard`; markers in ``_shards/``); a global stage runs its own
 phases. A finished stage (``_SUCCESS``) is trusted only after every file it recorded still
 has its size and checksum; a changed file is reported and its stage resumed, which redoes only
-the work whose outputs changed.
+the work whose outputs changed. A run directory on a storage URI is worked on in a local mirror
+(:class:`curate.storage.RemoteRun`): each stage pulls what it reads, the phase engine pushes
+what each task wrote, and the stage folder goes up at the end, ``_SUCCESS`` last.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, storage
 from .config import PipelineSpec, load_pipeline, parse_pipeline
 from .errors import ConfigError, CurateError, ShardError, StageStateError
 from .executors import Executor, get_executor
@@ -130,7 +132,10 @@ class Runner:
             self.spec, self.where = load_pipeline(pipeline), str(pipeline)
         self.plan = validate(self.spec, self.where)
         self.by_name = {p.name: p for p in self.plan}
-        self.run_dir = Path(run_dir)
+        # a URI is worked on in a local mirror (curate.storage.RemoteRun); a path is itself
+        self.store = storage.open_run(run_dir)
+        self.run_dir = self.store.local
+        self._pulled: set[str] = set()
         self.executor_name = executor or self.spec.executor
         self.workers = workers or self.spec.workers
         self.force = force
@@ -154,6 +159,7 @@ class Runner:
             self.run_dir / "_pipeline.json",
             {"pipeline": self.spec.pipeline, "source": self.where, "stages": [p.name for p in self.plan]},
         )
+        self.store.push([self.run_dir / "_pipeline.json"])
         results = {}
         for p in self.plan:
             if stages and p.name not in stages:
@@ -170,7 +176,7 @@ class Runner:
         sdir = self.run_dir / input_stage
         done = read_success(sdir)
         if done is None:
-            raise StageStateError(f"input stage {input_stage!r} has not finished in {self.run_dir} (no _SUCCESS)")
+            raise StageStateError(f"input stage {input_stage!r} has not finished in {self.store.uri} (no _SUCCESS)")
         if input_stage not in self._verified:
             changes = verify_finished(sdir, done)
             if changes:
@@ -190,14 +196,21 @@ class Runner:
             files = stage.list_inputs(paths)
             if not files:
                 raise ConfigError(f"{self.where}: stage {p.name!r}: no input files under {paths}")
-            return {"": [(Path(f), stage.checksum(f)) for f in files]}
+            return {"": [(storage.as_path(f), stage.checksum(f)) for f in files]}
         return {s: self.upstream_shards(s) for s in p.spec.input_stages}
 
     # ------------------------------------------------------------------ stages
+    def _pull(self, names: list[str]) -> None:
+        """Bring these stages of a remote run into the mirror (once per run)."""
+        todo = [n for n in dict.fromkeys(names) if n not in self._pulled]
+        self.store.pull(todo)
+        self._pulled.update(todo)
+
     def run_stage(self, p: PlannedStage) -> dict:
         name, chash = p.name, p.config_hash
         stage = p.make()
         stage_dir = self.run_dir / name
+        self._pull([name, *p.spec.input_stages, *p.refs])
         done = read_success(stage_dir)
         if done is not None and done.get("config_hash") == chash and name not in self._verified:
             changes = verify_finished(stage_dir, done)
@@ -214,7 +227,8 @@ class Runner:
                 self._verified.add(name)
         inputs = self._inputs(p, stage)
         flat = [x for v in inputs.values() for x in v]
-        deps = [(path.name if len(inputs) == 1 else f"{k}/{path.name}", sha) for k, v in inputs.items() for path, sha in v]
+        deps = [(storage.name_of(path) if len(inputs) == 1 else f"{k}/{storage.name_of(path)}", sha)
+                for k, v in inputs.items() for path, sha in v]
         if isinstance(stage, GlobalStage):
             deps += stage.extra_inputs(self.run_dir)
         digest = _digest(deps)
@@ -224,21 +238,22 @@ class Runner:
                 return read_manifest(stage_dir) or {}
             if not self.force:
                 raise StageStateError(
-                    f"stage {name!r} in {self.run_dir} finished with a different config or input; "
+                    f"stage {name!r} in {self.store.uri} finished with a different config or input; "
                     f"rerun with --force to redo it, or use another run directory"
                 )
             shutil.rmtree(stage_dir)
         elif self.force and stage_dir.exists():
             shutil.rmtree(stage_dir)
         self._verified.discard(name)
+        self.store.sync(stage_dir)  # what was removed above goes on the remote side too
         stage_dir.mkdir(parents=True, exist_ok=True)
         _clean_tmp(stage_dir)
         started, t0 = _now(), time.perf_counter()
         if isinstance(stage, GlobalStage):
-            phases = Phases(stage_dir, stable_hash(chash, digest), self.executor, name, self.log)
+            phases = Phases(stage_dir, stable_hash(chash, digest), self.executor, name, self.log, store=self.store)
             body = self._run_global(p, stage, stage_dir, inputs, phases)
         else:
-            phases = Phases(stage_dir, chash, self.executor, name, self.log)
+            phases = Phases(stage_dir, chash, self.executor, name, self.log, store=self.store)
             body = self._run_map(p, stage_dir, flat, phases)
         seconds = time.perf_counter() - t0
         manifest = {
@@ -265,10 +280,11 @@ class Runner:
             manifest["resumed"] = {k: v for k, v in phases.skipped.items() if v}
         if manifest.get("input_rows"):
             manifest["timings"]["docs_per_s"] = round(manifest["input_rows"] / max(seconds, 1e-9), 2)
-        write_manifest(stage_dir, manifest)
+        write_manifest(stage_dir, self.store.logical(manifest))
         write_success(stage_dir, chash, digest)
         if not getattr(p.config, "keep_work", False):
             shutil.rmtree(stage_dir / WORK_DIR, ignore_errors=True)
+        self.store.sync(stage_dir)  # _manifest.json and _SUCCESS last, then the removed _work/
         self._verified.add(name)
         self._summary(name, manifest)
         return manifest
@@ -308,6 +324,7 @@ class Runner:
     def close(self) -> None:
         if self._executor is not None:
             self._executor.close()
+        self.store.close()
 
 
 def run_global_stage(

@@ -11,6 +11,10 @@ leads to a folder already walked, is not followed) and symlinked files are not r
 is read at its real location, once; what was skipped is counted in the stats (``skipped.*``).
 An input file or folder that cannot be read becomes one rejected row
 (``extract.unreadable_input``) and the other inputs are processed.
+
+Inputs may be storage URIs (``s3://bucket/crawl``, :mod:`curate.storage`): WARC objects directly
+under the prefix and every "folder" holding HTML objects are inputs, as for a local folder; each
+task reads a local copy named as the object, so ids and URLs are those of a local run.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from urllib.parse import urlsplit
 
 import pyarrow as pa
 
+from curate import storage
 from curate.config import StageConfig
 from curate.schema import CORE_FIELDS, make_rejected
 from curate.stage import ShardResult, SourceStage
@@ -249,7 +254,13 @@ class Extract(SourceStage):
                 out.append(str(f))
 
         for p in paths:
-            path = Path(p)
+            if storage.is_uri(p):
+                for f in remote_inputs(p):
+                    if f not in seen:
+                        seen.add(f)
+                        out.append(f)
+                continue
+            path = Path(storage.local_path(p))
             if path.is_file():
                 add(path)
             elif path.is_dir():
@@ -271,6 +282,8 @@ class Extract(SourceStage):
     def checksum(self, path: str) -> str:
         """sha256 of a file, or of a folder's HTML files; an unreadable input gets a stable
         marker instead (it becomes one rejected row, and a rerun reads it again once readable)."""
+        if storage.is_uri(path):
+            return remote_checksum(path)
         p = Path(path)
         try:
             if p.is_file():
@@ -291,6 +304,9 @@ class Extract(SourceStage):
     def process_source(self, path: str) -> ShardResult:
         if not hasattr(self, "_traf"):
             self.setup()
+        if storage.is_uri(path):
+            with storage.local_copy(path) as local:
+                return self.process_source(str(local))
         p = Path(path)
         rows: list[dict] = []
         reasons: list[str | None] = []
@@ -465,6 +481,35 @@ def html_files(folder: Path) -> tuple[list[Path], Counter]:
         elif f.name.endswith(HTML_SUFFIXES) and f.is_file():
             files.append(f)
     return files, skipped
+
+
+def remote_inputs(uri: str) -> list[str]:
+    """The inputs under a storage URI, as :meth:`Extract.list_inputs` finds them in a local folder:
+    the object itself, or the WARC objects directly under the prefix, then every prefix that holds
+    HTML objects (sorted as local folders are)."""
+    from curate.errors import ConfigError
+
+    what = storage.kind(uri)
+    if what is None:
+        raise ConfigError(f"extract input not found: {uri}")
+    if what == "file":
+        return [uri]
+    base = uri.rstrip("/")
+    files = storage.list_files(base)
+    warcs = [f for f in files if storage.parent_of(f) == base and f.endswith(WARC_SUFFIXES)]
+    folders = {storage.parent_of(f) for f in files if f.endswith(HTML_SUFFIXES)}
+    return warcs + sorted(folders, key=lambda u: u.split("/"))
+
+
+def remote_checksum(uri: str) -> str:
+    """:meth:`Extract.checksum` of a storage URI: the same value a local copy of it gets."""
+    if storage.kind(uri) == "file":
+        return storage.sha256(uri)
+    h = hashlib.sha256()
+    for f in storage.list_files(uri, recursive=False):
+        if f.endswith(HTML_SUFFIXES):
+            h.update(storage.name_of(f).encode() + b"\0" + storage.sha256(f).encode() + b"\n")
+    return h.hexdigest()
 
 
 def html_folders(root: Path) -> list[Path]:

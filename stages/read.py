@@ -19,6 +19,10 @@ A Parquet / Arrow input whose mapped column is missing or of the wrong type is a
 :class:`~curate.errors.ConfigError` naming the file and the column, raised while the inputs
 are listed (before any work): it is a mapping mistake that would reject every row of every
 such file, better said once than a million times.
+
+Inputs may be storage URIs (``s3://bucket/dump/``, :mod:`curate.storage`): the objects under the
+prefix are listed as a local folder is walked (sorted by path, ``.``/``_`` names skipped), each
+task reads a local copy; ``datasets`` folders are read from local paths only.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from typing import Any, Literal
 import pyarrow as pa
 from pydantic import field_validator
 
+from curate import storage
 from curate.config import StageConfig
 from curate.errors import ConfigError
 from curate.readers import (
@@ -260,7 +265,13 @@ class Read(SourceStage):
                     add(child)
 
         for p in paths:
-            path = Path(p)
+            if storage.is_uri(p):
+                for f in self._remote_inputs(p):
+                    if f not in seen:
+                        seen.add(f)
+                        out.append(f)  # type: ignore[arg-type]
+                continue
+            path = Path(storage.local_path(p))
             if not path.exists() and not path.is_symlink():
                 raise ConfigError(f"read input not found: {p}")
             if path.is_dir():
@@ -283,8 +294,33 @@ class Read(SourceStage):
                                       f"one and {t} in the other; give it a type in keep_columns")
         return [str(p) for p in out]
 
-    def _format(self, path: Path) -> str | None:
-        if path.is_dir():
+    def _remote_inputs(self, uri: str) -> list[str]:
+        """The object ``uri``, or the objects under the prefix ``uri`` that a local walk reads."""
+        what = storage.kind(uri)
+        if what is None:
+            raise ConfigError(f"read input not found: {uri}")
+        if what == "file":
+            if self._format(uri) is None:
+                raise ConfigError(f"read input {uri}: the name does not tell its format; set `format:` "
+                                  "(jsonl, json, parquet, arrow, hf)")
+            return [uri]
+        base = uri.rstrip("/")
+        out = []
+        for f in storage.list_files(base):
+            parts = f[len(base) + 1:].split("/")
+            if any(n.startswith((".", "_")) for n in parts):
+                continue
+            if parts[-1] in ("state.json", "dataset_info.json"):
+                raise ConfigError(f"read input {storage.parent_of(f)}: a datasets folder; datasets folders are "
+                                  "read from local paths only (copy it to a local folder)")
+            if not self.config.include or any(fnmatch.fnmatch(parts[-1], g) for g in self.config.include):
+                out.append(f)
+        return out
+
+    def _format(self, path: Path | str) -> str | None:
+        if storage.is_uri(path):
+            return detect_format(storage.name_of(path)) if self.config.format == "auto" else self.config.format
+        if Path(path).is_dir():
             return "hf"
         return detect_format(path) if self.config.format == "auto" else self.config.format
 
@@ -300,11 +336,15 @@ class Read(SourceStage):
             return {}
         if fmt is None:
             return {}
-        if fmt == "hf" and not path.is_dir():
+        if fmt == "hf" and (storage.is_uri(path) or not Path(path).is_dir()):
             raise ConfigError(f"read input {path}: format 'hf' reads folders written by datasets' save_to_disk; "
                               "use 'arrow' for a single .arrow file")
         try:
-            schema = arrow_schema(path)
+            if storage.is_uri(path):
+                with storage.local_copy(str(path)) as local:
+                    schema = arrow_schema(local)
+            else:
+                schema = arrow_schema(path)
         except (pa.ArrowException, OSError, ValueError, IndexError):
             return {}  # unreadable: the worker turns it into a rejected row
         cm = self.config.columns
@@ -332,6 +372,8 @@ class Read(SourceStage):
     def checksum(self, path: str) -> str:
         """sha256 of the file; for a ``datasets`` folder, of its state and data files. An input
         that cannot be read gets a marker string (its rows say why)."""
+        if storage.is_uri(path):
+            return storage.sha256(path)
         p = Path(path)
         try:
             if not p.is_dir():
@@ -353,7 +395,13 @@ class Read(SourceStage):
         return pa.schema(fields)
 
     def process_source(self, path: str) -> ShardResult:
-        p = Path(path)
+        if storage.is_uri(path):
+            with storage.local_copy(path) as local:
+                return self._process(path, local)
+        return self._process(path, Path(path))
+
+    def _process(self, path: str, p: Path) -> ShardResult:
+        """Read the local file ``p``; ``path`` is the input as the pipeline names it (ids)."""
         fmt = self._format(p)
         reasons: list[str | None] = []
         details: list[str | None] = []
