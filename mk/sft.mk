@@ -20,4 +20,4 @@ bench-sft: setup
 	$(PY) bench/bench_sft.py $(BENCH_SFT_ARGS)
 
 test-sft: setup
-	$(PY) -m pytest -q tests/test_sft_formats.py tests/test_sft_template.py tests/test_sft_decontam.py tests/test_sft_pipeline.py
+	$(PY) -m pytest -q tests/test_sft_formats.py tests/test_sft_template.py tests/test_sft_decontam.py tests/test_sft_clean.py tests/test_sft_pipeline.py
