@@ -142,3 +142,34 @@ def test_packed_rows_keep_examples_apart(sft):
     k, a, e = data.rows[int(data.epochs.rows(0)[0])]
     y_w = b.w[0][: e - a - 1]
     assert np.array_equal(y_w, mask[a + 1 : e].astype(np.float32))
+
+
+def _append_plain_example(d: Path, mask_value_at_3: int) -> None:
+    """Append a text-only example (a pretraining share has no template markup) to the train split."""
+    meta = json.loads((d / "meta.json").read_text())
+    f = meta["train"]["files"][0]
+    tok = Tokenizer.from_file(str(d / "tokenizer.json"))
+    ids = np.asarray(tok.encode("plain text from the pretraining mixture, trained on in full", add_special_tokens=False).ids,
+                     np.uint16)
+    mask = np.ones(len(ids), np.uint8)
+    mask[3] = mask_value_at_3
+    with open(d / f["path"], "ab") as out:
+        out.write(ids.tobytes())
+    with open(d / f["mask"], "ab") as out:
+        out.write(mask.tobytes())
+    idx = np.fromfile(d / f["idx"], dtype="<i8")
+    np.append(idx, idx[-1] + len(ids)).astype("<i8").tofile(d / f["idx"])
+    f["tokens"] += len(ids)
+    f["examples"] += 1
+    for k in ("", "mask_", "idx_"):
+        f[f"{k}sha256"] = _sha(d / f[{"": "path", "mask_": "mask", "idx_": "idx"}[k]])
+    (d / "meta.json").write_text(json.dumps(meta))
+
+
+def test_plain_text_examples_must_be_fully_targeted(sft):
+    _append_plain_example(sft, 1)
+    st = _status(verify(sft, sft.parent / "v", VerifyOptions(train_steps=0)))
+    assert st["masks"][0] == "pass" and "1 plain-text examples (no template markup) fully targeted" in st["masks"][1]
+    _append_plain_example(sft, 0)
+    st = _status(verify(sft, sft.parent / "v", VerifyOptions(train_steps=0)))
+    assert st["masks"][0] == "fail" and "plain text (no template markup) but not every token is a target" in st["masks"][1]

@@ -329,17 +329,15 @@ class Run:
                 for g in self.opt.param_groups:
                     g["lr"] = lr
                 batches = self.next_batches()
-                nll_sum = n_sum = bytes_sum = 0.0
+                acc = torch.zeros(3, dtype=torch.float64, device=self.device)  # nll, targets, bytes (one sync)
                 for b in batches:
                     batch, scale = self.load_batch(b)
                     t = device_tensors(batch, self.device)
                     nll = token_nll(self.fwd, t, self.autocast) * scale
                     w = t["w"] if t["w"] is not None else torch.ones_like(nll)
-                    n = w.sum().clamp(min=1.0)
-                    ((nll * w).sum() / n / len(batches)).backward()
-                    nll_sum += float((nll.detach() * w).sum())
-                    n_sum += float(n)
-                    bytes_sum += float((self.nbytes[t["y"]] * w).sum())
+                    ((nll * w).sum() / w.sum().clamp(min=1.0) / len(batches)).backward()
+                    acc += torch.stack([(nll.detach() * w).sum(), w.sum(), (self.nbytes[t["y"]] * w).sum()]).double()
+                nll_sum, n_sum, bytes_sum = acc.tolist()
                 loss = nll_sum / max(n_sum, 1.0)
                 if self._is_spike(loss):
                     self._rollback(step, loss, batches)

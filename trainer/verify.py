@@ -224,13 +224,20 @@ def check_masks(d: Path, meta: dict) -> Check:
     pre = np.asarray(tok.encode(pre_text, add_special_tokens=False).ids)
     eot = np.asarray(tok.encode(eot_text, add_special_tokens=False).ids)
     last_only = bool((meta.get("template") or {}).get("last_turn_only", False))
-    n = wrong = targets = 0
+    n = wrong = targets = text_only = 0
     first = None
     for split in ("train", "val"):
         for path, i, t, m in _sft_examples(d, meta, split):
             n += 1
-            exp = expected_mask(t, pre, eot, last_only)
             targets += int(m.sum())
+            if not (np.isin(t, eot).any() or np.isin(t, pre[:1]).any()):
+                # no template markup at all: plain text (a pretraining share), every token a target
+                text_only += 1
+                if not m.all():
+                    wrong += 1
+                    first = first or f"{path} example {i}: plain text (no template markup) but not every token is a target"
+                continue
+            exp = expected_mask(t, pre, eot, last_only)
             if not exp.any():
                 wrong += 1
                 first = first or f"{path} example {i}: no assistant turn found"
@@ -241,8 +248,9 @@ def check_masks(d: Path, meta: dict) -> Check:
         return Check("masks", "fail", "no examples")
     if wrong:
         return Check("masks", "fail", f"{wrong} of {n} examples' masks are not exactly their assistant turns; {first}")
+    plain = f"; {text_only} plain-text examples (no template markup) fully targeted" if text_only else ""
     return Check("masks", "pass", f"{n} examples: the {targets} target tokens are exactly the assistant turns "
-                 f"(after {pre_text!r}, through {eot_text!r})")
+                 f"(after {pre_text!r}, through {eot_text!r}){plain}")
 
 
 def check_training(d: Path, out: Path, opt: VerifyOptions, log) -> Check:
