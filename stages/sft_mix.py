@@ -48,7 +48,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -60,7 +60,7 @@ from curate.config import StageConfig
 from curate.errors import ConfigError
 from curate.reasons import declare
 from curate.schema import make_rejected
-from curate.shardio import atomic_write_bytes, atomic_write_json, file_info, read_parquet, sha256_file, write_parquet
+from curate.shardio import atomic_write_bytes, atomic_write_json, file_info, read_parquet, sha256_file
 from curate.shards import sum_shards, write_shard
 from curate.stage import GlobalContext, GlobalResult, GlobalStage
 from filters import bpe
@@ -78,7 +78,7 @@ REASONS = declare("sft-mix", {
 IDX = np.dtype([("row", "<i8"), ("task", "<i4"), ("status", "u1"), ("val", "u1"), ("off", "<i8"),
                 ("len", "<i8"), ("target", "<i8"), ("key", "<u8"), ("trunc", "<i4")])
 OK, TOO_LONG, TEMPLATE_ERROR = 0, 1, 2
-_GOLD = np.uint64(0x9E3779B97F4A7C15)
+_GOLD = 0x9E3779B97F4A7C15  # separates the order keys of an example's copies
 
 
 # ----------------------------------------------------------------------------- config
@@ -616,7 +616,7 @@ class SftMix(GlobalStage):
                 for cp in range(int(c[r])):
                     items.append((0, i, r, cp))
                     lens.append(int(x["len"][r]))
-                    mkeys.append(int(x["key"][r]) ^ (cp * 0x9E3779B97F4A7C15 & 0xFFFFFFFFFFFFFFFF))
+                    mkeys.append(int(x["key"][r]) ^ (cp * _GOLD & 0xFFFFFFFFFFFFFFFF))
         if chunks is not None:
             n_pre = mplan["tasks"]["pretrain"]["examples"]
             ck = [xxhash.xxh64_intdigest(f"{a}:{b}".encode(), seed=cfg.seed) for a, b in chunks]
