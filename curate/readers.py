@@ -582,5 +582,26 @@ def iter_records(
             return
         if kind == "json":
             yield from _iter_json_array(stream, max_record_bytes)
-        else:
-            yield from _iter_jsonl(stream, max_record_bytes)
+            return
+        if fmt == "json":
+            single = _single_document(stream, max_record_bytes)
+            if single is not None:
+                yield _check_value(0, "the file", single[0])
+                return
+    with _open_bytes(p) as stream:
+        yield from _iter_jsonl(stream, max_record_bytes)
+
+
+def _single_document(stream, limit: int) -> tuple[Any] | None:
+    """``(value,)`` when the whole (small) stream is one JSON document, e.g. a pretty-printed
+    object in a ``.json`` file; None when it is not (then it is read as JSONL)."""
+    try:
+        data = stream.read(limit + 1)
+    except (EOFError, *_stream_errors()):
+        return None
+    if len(data) > limit or data.count(b"\n", 0, len(data.rstrip())) == 0:
+        return None  # too large to be one record, or one line: JSONL reads it the same
+    try:
+        return (json.loads(data.removeprefix(_BOM).decode("utf-8")),)
+    except (ValueError, RecursionError):
+        return None

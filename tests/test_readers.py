@@ -162,7 +162,10 @@ def test_json_array_damage(tmp_path):
     (tmp_path / "cut.json").write_text('[{"text": "a"}, {"text": "b')
     (tmp_path / "bom.json").write_bytes(b'\xef\xbb\xbf[{"text": "a"}]')
     (tmp_path / "lines.json").write_text('{"text": "a"}\n{"text": "b"}\n')  # JSONL named .json
-    got = {n: _records(tmp_path / n) for n in ("syntax.json", "open.json", "cut.json", "bom.json", "lines.json")}
+    (tmp_path / "one.json").write_text(json.dumps({"text": "a", "meta": {"k": [1, 2]}}, indent=2))
+    names = ("syntax.json", "open.json", "cut.json", "bom.json", "lines.json", "one.json")
+    got = {n: _records(tmp_path / n) for n in names}
+    assert [r.value for r in got["one.json"]] == [{"text": "a", "meta": {"k": [1, 2]}}], "one pretty-printed object"
     assert [r.value for r in got["syntax.json"][:2]] == [{"text": "a"}, {"text": "b"}]
     assert len(got["syntax.json"]) == 3 and error_kind(got["syntax.json"][2].error) == "bad_json"
     assert len(got["open.json"]) == 3 and got["open.json"][2].error
