@@ -91,7 +91,7 @@ def _errors(what: str) -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------- file systems
-_FS: dict[tuple[str, str], tuple[pafs.FileSystem, str]] = {}
+_FS: dict[tuple[str, str], pafs.FileSystem] = {}
 
 
 def _s3() -> pafs.FileSystem:
@@ -121,14 +121,13 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     if key not in _FS:
         with _errors(f"cannot open {scheme}://{netloc}"):
             if scheme in ("s3", "s3a"):
-                _FS[key] = (_s3(), "")
+                _FS[key] = _s3()
             else:
                 try:
-                    fs, root = pafs.FileSystem.from_uri(f"{scheme}://{netloc}/")
-                    _FS[key] = (fs, root.rstrip("/"))
+                    _FS[key] = pafs.FileSystem.from_uri(f"{scheme}://{netloc}/")[0]
                 except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                    _FS[key] = (_fsspec(scheme), "")
-    fs, _root = _FS[key]
+                    _FS[key] = _fsspec(scheme)
+    fs = _FS[key]
     if isinstance(fs, pafs.S3FileSystem):
         path = netloc + u.path
     elif isinstance(fs, pafs.PyFileSystem):
@@ -381,9 +380,13 @@ class RemoteRun:
         self._save()
 
     def push(self, paths: list[Path]) -> None:
-        """Upload these files, in this order (a task's outputs, then its marker)."""
+        """Upload these files, in this order (a task's outputs, then its marker); files outside
+        the mirror are not part of the run and stay where they are."""
         for p in paths:
-            rel = self._rel(p)
+            try:
+                rel = self._rel(p)
+            except ValueError:
+                continue
             upload(p, join(self.uri, rel))
             with _errors(f"cannot look up {join(self.uri, rel)}"):
                 info = self.fs.get_file_info(self._fs_path(rel))
