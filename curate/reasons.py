@@ -21,20 +21,7 @@ _CODE = re.compile(r"^[a-z][a-z0-9_-]*\.[a-z0-9_][a-z0-9_.-]*$")
 _REGISTRY: dict[str, str] = {}
 _ORIGIN: dict[str, str] = {}
 
-# Modules whose import declares the built-in codes (the stages package and the quality rules).
-BUILTIN_MODULES = (
-    "stages.extract",
-    "stages.read",
-    "stages.langid",
-    "stages.quality",
-    "stages.perplexity",
-    "stages.train_lm",
-    "stages.dedup",
-    "stages.pii",
-    "stages.mix",
-    "stages.sft",
-    "stages.vocab",
-)
+BUILTIN_PACKAGE = "stages"  # importing every module of it declares the built-in codes
 
 
 class ReasonError(ValueError):
@@ -86,12 +73,13 @@ def check(codes) -> None:
 
 
 def load_builtins() -> None:
-    for mod in BUILTIN_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:
-                raise
+    """Import every built-in stage module (and so the filters they use): their codes."""
+    import pkgutil
+
+    pkg = importlib.import_module(BUILTIN_PACKAGE)
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{BUILTIN_PACKAGE}.{info.name}")
 
 
 def registry(include_builtins: bool = True) -> dict[str, tuple[str, str]]:
