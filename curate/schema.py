@@ -9,6 +9,7 @@ input plus ``stage`` and ``reason`` (a stable dotted code such as ``extract.empt
 from __future__ import annotations
 
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 
@@ -39,6 +40,17 @@ def check_document_table(table: pa.Table, where: str = "table") -> None:
             raise ValueError(
                 f"{where}: column {f.name!r} has type {table.schema.field(idx).type}, expected {f.type}"
             )
+
+
+def domain_of(url: str | None) -> str:
+    """The ``domain`` column of a URL: its lower-cased host without ``www.`` ("" if none)."""
+    if not url:
+        return ""
+    try:
+        host = urlsplit(url).hostname or ""
+    except ValueError:
+        return ""
+    return host.lower().removeprefix("www.")
 
 
 def rejected_schema(doc_schema: pa.Schema) -> pa.Schema:

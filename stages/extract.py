@@ -24,13 +24,12 @@ import os
 import re
 from collections import Counter
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pyarrow as pa
 
 from curate import storage
 from curate.config import StageConfig
-from curate.schema import CORE_FIELDS, make_rejected
+from curate.schema import CORE_FIELDS, domain_of, make_rejected
 from curate.stage import ShardResult, SourceStage
 from curate.warc import WarcItem, iter_warc
 from curate.reasons import declare
@@ -219,16 +218,6 @@ def looks_binary(body: bytes) -> bool:
     return len(_CONTROL.findall(head)) > 0.01 * max(1, len(head))
 
 
-def _domain(url: str | None) -> str:
-    if not url:
-        return ""
-    try:
-        host = urlsplit(url).hostname or ""
-    except ValueError:
-        return ""
-    return host.lower().removeprefix("www.")
-
-
 class Extract(SourceStage):
     name = "extract"
     version = "1"
@@ -390,7 +379,7 @@ class Extract(SourceStage):
     def _document(self, input_name: str, item: WarcItem, stats: Counter) -> tuple[dict, str | None, str | None]:
         position = item.warc_headers.get("_file", item.offset)
         url = item.uri
-        domain = _domain(url)
+        domain = domain_of(url)
         row = {
             "id": doc_id(input_name, position),
             "text": None,

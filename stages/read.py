@@ -54,10 +54,9 @@ from curate.readers import (
     iter_records,
 )
 from curate.reasons import declare
-from curate.schema import CORE_FIELDS, CORE_NAMES, REJECT_NAMES, make_rejected, split_by_mask
+from curate.schema import CORE_FIELDS, CORE_NAMES, REJECT_NAMES, domain_of, make_rejected, split_by_mask
 from curate.shardio import sha256_file
 from curate.stage import ShardResult, SourceStage
-from stages.extract import _domain as domain_of
 from stages.extract import doc_id
 
 REASONS = declare("read", {
