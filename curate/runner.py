@@ -140,6 +140,9 @@ class Runner:
         self.workers = workers or self.spec.workers
         self.force = force
         self.log = log
+        if self.store.remote:  # messages name the run's URI, not the mirror
+            root, uri = str(self.store.local), self.store.uri
+            self.log = lambda m: log(str(m).replace(root, uri))
         self._executor: Executor | None = None
         self._verified: set[str] = set()
 
