@@ -29,6 +29,7 @@ import pyarrow as pa
 
 from curate import storage
 from curate.config import StageConfig
+from curate.errors import ConfigError
 from curate.schema import CORE_FIELDS, domain_of, make_rejected
 from curate.stage import ShardResult, SourceStage
 from curate.warc import WarcItem, iter_warc
@@ -51,6 +52,8 @@ REASONS = declare("extract", {
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 DOC_RECORDS = ("response", "resource")
 WARC_SUFFIXES = (".warc", ".warc.gz")
+# Inputs that are text already (the read stage takes them), refused with a pointer there.
+TEXT_CORPUS_SUFFIXES = (".parquet", ".jsonl", ".jsonl.gz", ".jsonl.zst", ".json", ".json.gz", ".arrow", ".ndjson")
 HTML_SUFFIXES = (".html", ".htm", ".html.gz")
 
 SCHEMA = pa.schema(
@@ -251,20 +254,28 @@ class Extract(SourceStage):
                 continue
             path = Path(storage.local_path(p))
             if path.is_file():
+                if path.name.lower().endswith(TEXT_CORPUS_SUFFIXES):
+                    raise ConfigError(f"extract reads WARC files and HTML folders, not {path.name}: "
+                                      f"corpora that are already text go through the `read` stage")
                 add(path)
             elif path.is_dir():
                 try:
                     entries = sorted(path.iterdir())
                 except OSError:
                     entries = []
+                before = len(out)
                 for f in sorted(entries, key=lambda f: f.is_symlink()):  # real files first
                     if f.name.endswith(WARC_SUFFIXES) and f.is_file():
                         add(f)
                 for d in html_folders(path):
                     add(d)
+                if len(out) == before:
+                    other = [f.name for f in entries if f.is_file()][:3]
+                    raise ConfigError(
+                        f"extract: no WARC files or HTML folders under {p}"
+                        + (f" (found {', '.join(other)}; text corpora go through the `read` stage)" if other else "")
+                    )
             else:
-                from curate.errors import ConfigError
-
                 raise ConfigError(f"extract input not found: {p}")
         return out
 

@@ -169,3 +169,14 @@ def test_reason_docs_are_generated_from_the_registry():
     assert all(c.split(".")[0] != "quality" or not c.startswith("quality.ppl") for c in reg)
     with pytest.raises(ReasonError, match="declared twice"):
         reasons.declare("extract", {"empty": "something else"})
+
+
+def test_extract_points_text_corpora_at_the_read_stage(tmp_path):
+    d = tmp_path / "pq"
+    d.mkdir()
+    (d / "docs.parquet").write_bytes(b"PAR1")
+    for inp, match in ((d, r"no WARC files or HTML folders under .*pq \(found docs.parquet; .*`read` stage"),
+                       (d / "docs.parquet", r"extract reads WARC files and HTML folders, not docs.parquet")):
+        spec = {"pipeline": "t", "executor": "local", "stages": {"extract": {"input": {"paths": [str(inp)]}}}}
+        with pytest.raises(ConfigError, match=match):
+            run_pipeline(spec, tmp_path / "run", log=lambda *_: None)
