@@ -208,6 +208,12 @@ def _table(res: dict) -> str:
              "| arm | clean held-out loss (nats/token) | bits/byte |", "|---|---|---|"]
     for arm, pts in a.items():
         lines.append(f"| {arm} | {pts[-1]['loss']:.4f} | {pts[-1]['bpb']:.4f} |")
+    srcs = sorted(next(iter(a.values()))[-1]["sources"])
+    lines += ["", "| clean held-out loss by source | " + " | ".join(x.split("/", 1)[-1] for x in srcs) + " |",
+              "|---|" + "---|" * len(srcs)]
+    for arm, pts in a.items():
+        ss = pts[-1]["sources"]
+        lines.append(f"| {arm} | " + " | ".join(f"{ss[x]['loss']:.3f}" for x in srcs) + " |")
     lines += ["", "| continued pretraining | general held-out loss | change vs base | domain held-out loss | change vs base |",
               "|---|---|---|---|---|"]
     base = b["base"]["sources"]
@@ -226,13 +232,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--executor", default="local")
     ap.add_argument("--steps", type=int, default=400, help="training steps per from-scratch arm (and the base model)")
     ap.add_argument("--cpt-steps", type=int, default=200, help="continued-pretraining steps per arm")
-    ap.add_argument("--n-layer", type=int, default=2)
-    ap.add_argument("--n-embd", type=int, default=64)
-    ap.add_argument("--block-size", type=int, default=64)
+    ap.add_argument("--n-layer", type=int, default=4)
+    ap.add_argument("--n-embd", type=int, default=128)
+    ap.add_argument("--block-size", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=1e-2)
+    ap.add_argument("--lr", type=float, default=5e-3)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--report-only", action="store_true", help="redraw the curves and table from RUN/ablation/results.json")
     a = ap.parse_args(argv)
+    if a.report_only:
+        work = Path(a.run) / "ablation"
+        res = json.loads((work / "results.json").read_text())
+        _plots(work, res)
+        (work / "table.md").write_text(_table(res))
+        print(_table(res))
+        return 0
     model = {"n_layer": a.n_layer, "n_head": max(1, a.n_embd // 32), "n_embd": a.n_embd, "block_size": a.block_size,
              "batch_size": a.batch_size, "lr": a.lr, "warmup_steps": max(1, a.steps // 20), "threads": a.threads}
     run_ablation(Path(a.run), Path(a.pipeline), model, a.steps, a.cpt_steps, a.executor)
