@@ -166,6 +166,7 @@ def test_s3_inputs_and_run_dir_killed_and_resumed_on_empty_mirrors(s3, small_cra
     assert third.returncode == 0, third.stdout + third.stderr
     assert "[extract] already finished: skipped" in third.stdout
     assert "[langid] already finished: skipped" in third.stdout
+    assert f"funnel: {run}" in third.stdout  # curate run ends with curate inspect, read from the mirror
     dedup = _manifest(run, "dedup")
     parts = dedup["lsh"]["partitions"]
     assert dedup["resumed"] == {"signature": 4, "bucket": parts, "verify": parts, "components": 1, "filter": 2}
