@@ -137,6 +137,12 @@ class GlobalResult:
     accounting: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def from_shards(cls, totals: dict[str, Any], **kw: Any) -> GlobalResult:
+        """From the totals of :func:`curate.shards.sum_shards` (a stage that wrote shards)."""
+        keys = ("input_rows", "kept_rows", "rejected_rows", "reasons", "shards", "outputs", "rejected_outputs")
+        return cls(**{k: totals[k] for k in keys}, **kw)
+
 
 class GlobalStage(Stage):
     def extra_inputs(self, run_dir: Path) -> list[tuple[str, str]]:

@@ -739,16 +739,7 @@ class DedupStage(GlobalStage):
                 "nodes": summary["documents_in_clusters"],
             },
         }
-        return GlobalResult(
-            input_rows=totals["input_rows"],
-            kept_rows=totals["kept_rows"],
-            rejected_rows=totals["rejected_rows"],
-            reasons=totals["reasons"],
-            shards=totals["shards"],
-            outputs=totals["outputs"],
-            rejected_outputs=totals["rejected_outputs"],
-            extra=extra,
-        )
+        return GlobalResult.from_shards(totals, extra=extra)
 
 
 STAGE = DedupStage

@@ -256,14 +256,8 @@ class PerplexityStage(GlobalStage):
         for r in results:
             buckets.update(r["buckets"])
         n_scored = sum(r["scored"] for r in scored)
-        return GlobalResult(
-            input_rows=body["input_rows"],
-            kept_rows=body["kept_rows"],
-            rejected_rows=body["rejected_rows"],
-            reasons=body["reasons"],
-            shards=body["shards"],
-            outputs=body["outputs"],
-            rejected_outputs=body["rejected_outputs"],
+        return GlobalResult.from_shards(
+            body,
             extra={
                 "models": {lang: {"path": p, "sha256": model_key[lang]} for lang, p in sorted(models.items())},
                 "percentiles": list(cfg.percentiles),
