@@ -1,10 +1,11 @@
 """Ablations (``make ablation``): does curation help, and does mixing general data into
 continued pretraining limit forgetting? Same tokenizer, same model, same token budget per arm.
 
-1. **raw vs curated**: one model trained from scratch on every extracted document (``mix-raw``),
-   one on the curated mixture (``mix``); both evaluated on the curated mixture's held-out
-   documents, after dropping any that overlap either arm's training tokens (so the set is clean
-   and neither arm trained on it).
+1. **raw vs curated**: models trained from scratch on every extracted document (``mix-raw``),
+   on a sample of it as large as the curated mixture (``mix-raw-matched``: same data size,
+   raw quality) and on the curated mixture (``mix``); all evaluated on the curated mixture's
+   held-out documents, after dropping any that overlap an arm's training tokens (so the set is
+   clean and no arm trained on it).
 2. **continued pretraining**: a base model trained on general data (``mix-general``), then
    continued on domain data only (``mix-domain``) and on domain:general 1:5 (``mix-1to5``);
    general held-out loss (forgetting) and domain held-out loss for both.
@@ -30,7 +31,9 @@ from .data import Concat, read_meta, sha256_file
 from .overlap import chunks, containment, split_docs
 from .train import train
 
-ARMS_MIX = ("mix-raw", "mix-general", "mix-domain", "mix-1to5")
+ARMS_MIX = ("mix-raw", "mix-raw-matched", "mix-general", "mix-domain", "mix-1to5")
+# Mixtures whose token budget the driver sets to another mixture's train tokens.
+MATCH_BUDGET = {"mix-raw-matched": "mix"}
 
 
 def build_mixtures(run: Path, pipeline: Path, executor: str = "local", log=print) -> None:
@@ -47,6 +50,8 @@ def build_mixtures(run: Path, pipeline: Path, executor: str = "local", log=print
         if n in ARMS_MIX:
             mix = yaml.safe_load(Path(s["config"]["mixture"]).read_text())
             mix["tokenizer"] = {"path": str(tok)}
+            if n in MATCH_BUDGET:
+                mix["budget_tokens"] = int(read_meta(run / MATCH_BUDGET[n])["train"]["tokens"])
             s = dict(s, config=dict(s["config"], mixture=mix))
         full["stages"][n] = s
     _curate_run(full, work / "pipeline-2.yaml", run, executor, log)
@@ -136,13 +141,13 @@ def run_ablation(run: Path, pipeline: Path, model: dict, steps: int, cpt_steps: 
         raise RuntimeError(f"the ablation mixtures do not share one tokenizer: {toks}")
 
     # 1. raw vs curated on a clean held-out set.
-    held = clean_heldout(run, work / "heldout-clean", [run / "mix", run / "mix-raw"])
+    held = clean_heldout(run, work / "heldout-clean", [run / "mix", run / "mix-raw", run / "mix-raw-matched"])
     log(f"clean held-out: {held['docs'] - held['dropped']} of {held['docs']} documents "
         f"({held['dropped']} dropped for overlap), {held['kept_tokens']} tokens")
     every = max(1, steps // 10)
     a = {}
-    for arm, mix in (("raw", "mix-raw"), ("curated", "mix")):
-        out = work / f"a-{arm}"
+    for arm, mix in (("raw", "mix-raw"), ("raw, curated size", "mix-raw-matched"), ("curated", "mix")):
+        out = work / f"a-{arm.replace(', ', '-').replace(' ', '-')}"
         train({**base_cfg, "data": str(run / mix), "out": str(out), "max_steps": steps, "eval_every": every,
                "ckpt_every": steps, "resume": False, "eval_from": [str(work / "heldout-clean")]}, log=log)
         a[arm] = _curve(out, "heldout-clean/")
