@@ -22,6 +22,7 @@ Failures:
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -214,7 +215,6 @@ class _Host:
         self.pid: int | None = None
         self.node: str | None = None
         self.started = time.monotonic()
-        self.ready = False
 
 
 # Run by the reaper process: read "pid start_time" lines until the driver's end of the pipe
@@ -305,7 +305,10 @@ class RayExecutor(Executor):
         self._ray = ray
         self._log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         env = os.environ.get(START_TIMEOUT_ENV)
-        self.start_timeout_s = float(env) if env else (start_timeout_s or DEFAULT_START_TIMEOUT_S)
+        try:
+            self.start_timeout_s = float(env) if env else (start_timeout_s or DEFAULT_START_TIMEOUT_S)
+        except ValueError:
+            raise ConfigError(f"{START_TIMEOUT_ENV} must be a number of seconds, got {env!r}") from None
         self._hosts: list[_Host] = []
         self._calls = 0
         self._remote_host = None
@@ -373,121 +376,151 @@ class RayExecutor(Executor):
     def map(self, worker_cls, init_args, tasks, desc=""):
         if not tasks:
             return
-        desc = desc or worker_cls.__name__
-        ray, lost = self._ray, self._lost_errors()
         self._calls += 1
-        key = (worker_cls.__module__, worker_cls.__qualname__, self._calls)
-        want = self._workers_for(len(tasks))
-        for extra in self._hosts[want:]:
-            self._drop(extra)
-        starting: dict[Any, _Host] = {}
-
-        def start(host: _Host) -> None:
-            host.ready, host.started = False, time.monotonic()
-            starting[host.handle.setup.remote(worker_cls, init_args, key)] = host
-
-        for host in list(self._hosts):
-            start(host)
-        while len(self._hosts) < want:
-            start(self._new_host())
-        queue = deque((i, task) for i, task in enumerate(tasks))
-        attempts = [1] * len(tasks)
-        idle: list[_Host] = []
-        pending: dict[Any, tuple[int, _Host]] = {}
-        lost_starts, warned = 0, False
+        run = _MapRun(self, worker_cls, init_args, tasks, desc or worker_cls.__name__)
         try:
             with _progress() as prog:
-                bar = prog.add_task(desc, total=len(tasks))
-                while queue or pending:
-                    while idle and queue:
-                        host = idle.pop()
-                        i, task = queue.popleft()
-                        pending[host.handle.run.remote(task)] = (i, host)
-                    done, _ = ray.wait([*pending, *starting], num_returns=1, timeout=1.0)
-                    if not done:
-                        warned = self._check_starts(starting, idle or pending, warned, want)
-                        continue
-                    ref = done[0]
-                    if ref in starting:
-                        host = starting.pop(ref)
-                        try:
-                            status, payload = ray.get(ref)
-                        except lost as e:
-                            lost_starts += 1
-                            if lost_starts > self.max_task_retries * want:
-                                raise ClusterError(
-                                    f"stage {desc!r}: {lost_starts} workers were lost while starting "
-                                    f"(last: {_first_line(e)})") from None
-                            self._drop(host)
-                            start(self._new_host())
-                            continue
-                        except ray.exceptions.RayTaskError as e:
-                            raise _task_error(desc, None, None, {"error": _first_line(e), "traceback": str(e)}) from None
-                        if status == "error":
-                            raise _task_error(desc, None, None, payload)
-                        host.pid, host.node = payload
-                        host.ready = True
-                        idle.append(host)
-                        continue
-                    i, host = pending.pop(ref)
-                    try:
-                        status, payload = ray.get(ref)
-                    except lost as e:
-                        self._retry(desc, i, tasks[i], attempts, host, e)
-                        queue.appendleft((i, tasks[i]))
-                        self._drop(host)
-                        start(self._new_host())
-                        continue
-                    except ray.exceptions.RayTaskError as e:
-                        raise _task_error(desc, i, tasks[i], {"error": _first_line(e), "traceback": str(e)}) from None
-                    if status == "error":
-                        raise _task_error(desc, i, tasks[i], payload)
-                    idle.append(host)
+                bar = prog.add_task(run.desc, total=len(tasks))
+                for i, result in run.results():
                     prog.advance(bar)
-                    yield i, payload
+                    yield i, result
         except BaseException:
             # A failed task, a failed setup or an abandoned map: do not reuse those processes.
             self.close()
             raise
-        for host in starting.values():  # never came up: do not carry a pending actor along
-            self._drop(host)
-
-    def _retry(self, desc: str, i: int, task: Any, attempts: list[int], host: _Host, e: Exception) -> None:
-        """Record that task ``i`` lost its worker; raise TaskError once it has no retries left."""
-        line = _first_line(e)
-        shard = task["index"] if isinstance(task, dict) and isinstance(task.get("index"), int) else i
-        self._events.append({"desc": desc, "task": shard, "attempt": attempts[i], "error": line, "node": host.node})
-        if attempts[i] > self.max_task_retries:
-            raise _task_error(desc, i, task, {
-                "error": f"worker lost {attempts[i]} times (max_task_retries={self.max_task_retries}); last: {line}",
-                "traceback": "".join(traceback.format_exception(e)),
-            })
-        self._log(f"curate: {desc}: task {shard} lost its worker ({line}); retrying "
-                  f"(attempt {attempts[i] + 1} of {self.max_task_retries + 1})")
-        attempts[i] += 1
-
-    def _check_starts(self, starting: dict, working: Any, warned: bool, want: int) -> bool:
-        """Workers still starting after the timeout: go on without them, or fail if none runs."""
-        now = time.monotonic()
-        late = [h for h in starting.values() if now - h.started > self.start_timeout_s]
-        if not late:
-            return warned
-        total, free = self._cluster_cpus()
-        if not working:
-            raise ClusterError(
-                f"no Ray worker started within {self.start_timeout_s:g} s ({len(late)} waiting for 1 CPU each; "
-                f"the cluster has {free:g} of {total:g} CPUs free): free resources, add nodes or lower "
-                f"--workers ({START_TIMEOUT_ENV} sets the wait)")
-        if not warned:
-            self._log(f"curate: {len(late)} of {want} workers not started after {self.start_timeout_s:g} s "
-                      f"(cluster: {free:g} of {total:g} CPUs free): continuing with {want - len(starting)} "
-                      f"while they wait")
-        return True
+        run.drop_unstarted()
 
     def close(self) -> None:
         for h in list(self._hosts):
             self._drop(h)
         self._hosts = []
+
+
+def _remote_failure(e: Any) -> dict:
+    """A failure Ray raised for a call (the worker could not even run it: e.g. the worker
+    class does not unpickle on that node), reported like a stage exception."""
+    cause = getattr(e, "cause", None)
+    error = f"{type(cause).__name__}: {_first_line(cause)}" if isinstance(cause, BaseException) else _first_line(e)
+    return {"error": error, "traceback": re.sub(r"\x1b\[[0-9;]*m", "", str(e))}
+
+
+class _MapRun:
+    """The state of one :meth:`RayExecutor.map`: hosts starting, idle and busy, the queue of
+    tasks and their attempts. ``results()`` yields ``(index, result)`` as tasks finish."""
+
+    def __init__(self, ex: RayExecutor, worker_cls: type, init_args: tuple, tasks: list, desc: str):
+        self.ex, self.ray, self.lost = ex, ex._ray, ex._lost_errors()
+        self.worker_cls, self.init_args, self.tasks, self.desc = worker_cls, init_args, tasks, desc
+        self.key = (worker_cls.__module__, worker_cls.__qualname__, ex._calls)
+        self.want = ex._workers_for(len(tasks))
+        self.queue = deque(range(len(tasks)))
+        self.attempts = [1] * len(tasks)
+        self.starting: dict[Any, _Host] = {}
+        self.idle: list[_Host] = []
+        self.busy: dict[Any, tuple[int, _Host]] = {}
+        self.lost_starts, self.warned = 0, False
+        for extra in ex._hosts[self.want:]:
+            ex._drop(extra)
+        for host in list(ex._hosts):
+            self.start(host)
+        while len(ex._hosts) < self.want:
+            self.start(ex._new_host())
+
+    def start(self, host: _Host) -> None:
+        host.started = time.monotonic()
+        self.starting[host.handle.setup.remote(self.worker_cls, self.init_args, self.key)] = host
+
+    def replace(self, host: _Host) -> None:
+        self.ex._drop(host)
+        self.start(self.ex._new_host())
+
+    def results(self) -> Iterator[tuple[int, Any]]:
+        while self.queue or self.busy:
+            while self.idle and self.queue:
+                host, i = self.idle.pop(), self.queue.popleft()
+                self.busy[host.handle.run.remote(self.tasks[i])] = (i, host)
+            done, _ = self.ray.wait([*self.busy, *self.starting], num_returns=1, timeout=1.0)
+            if not done:
+                self.check_starts()
+            elif done[0] in self.starting:
+                self.on_started(done[0])
+            else:
+                out = self.on_finished(done[0])
+                if out is not None:
+                    yield out
+
+    def on_started(self, ref: Any) -> None:
+        host = self.starting.pop(ref)
+        try:
+            status, payload = self.ray.get(ref)
+        except self.lost as e:
+            self.lost_starts += 1
+            if self.lost_starts > (self.ex.max_task_retries + 1) * self.want:
+                raise ClusterError(f"stage {self.desc!r}: {self.lost_starts} workers were lost while starting "
+                                   f"(last: {_first_line(e)})") from None
+            self.replace(host)
+            return
+        except self.ray.exceptions.RayTaskError as e:
+            raise _task_error(self.desc, None, None, _remote_failure(e)) from None
+        if status == "error":
+            raise _task_error(self.desc, None, None, payload)
+        host.pid, host.node = payload
+        self.idle.append(host)
+
+    def on_finished(self, ref: Any) -> tuple[int, Any] | None:
+        i, host = self.busy.pop(ref)
+        try:
+            status, payload = self.ray.get(ref)
+        except self.lost as e:
+            self.retry(i, host, e)
+            self.queue.appendleft(i)
+            self.replace(host)
+            return None
+        except self.ray.exceptions.RayTaskError as e:
+            raise _task_error(self.desc, i, self.tasks[i], _remote_failure(e)) from None
+        if status == "error":
+            raise _task_error(self.desc, i, self.tasks[i], payload)
+        self.idle.append(host)
+        return i, payload
+
+    def retry(self, i: int, host: _Host, e: Exception) -> None:
+        """Record that task ``i`` lost its worker; raise TaskError once it has no retries left."""
+        ex, task, line = self.ex, self.tasks[i], _first_line(e)
+        shard = task["index"] if isinstance(task, dict) and isinstance(task.get("index"), int) else i
+        ex._events.append({"desc": self.desc, "task": shard, "attempt": self.attempts[i], "error": line,
+                           "node": host.node})
+        if self.attempts[i] > ex.max_task_retries:
+            raise _task_error(self.desc, i, task, {
+                "error": f"worker lost {self.attempts[i]} times (max_task_retries={ex.max_task_retries}); last: {line}",
+                "traceback": "".join(traceback.format_exception(e)),
+            })
+        ex._log(f"curate: {self.desc}: task {shard} lost its worker ({line}); retrying "
+                f"(attempt {self.attempts[i] + 1} of {ex.max_task_retries + 1})")
+        self.attempts[i] += 1
+
+    def check_starts(self) -> None:
+        """Workers still starting after the timeout: go on without them (said once), or fail
+        when none runs."""
+        ex, now = self.ex, time.monotonic()
+        late = [h for h in self.starting.values() if now - h.started > ex.start_timeout_s]
+        if not late:
+            return
+        total, free = ex._cluster_cpus()
+        if not (self.idle or self.busy):
+            raise ClusterError(
+                f"no Ray worker started within {ex.start_timeout_s:g} s ({len(late)} waiting for a CPU or still booting; "
+                f"the cluster has {free:g} of {total:g} CPUs free): free resources, add nodes or lower "
+                f"--workers ({START_TIMEOUT_ENV} sets the wait)")
+        if not self.warned:
+            ex._log(f"curate: {len(late)} of {self.want} workers not started after {ex.start_timeout_s:g} s "
+                    f"(cluster: {free:g} of {total:g} CPUs free): continuing with "
+                    f"{self.want - len(self.starting)} while they wait")
+            self.warned = True
+
+    def drop_unstarted(self) -> None:
+        """Hosts that never came up: do not carry a pending actor into the next map."""
+        for host in self.starting.values():
+            self.ex._drop(host)
 
 
 def get_executor(name: str, workers: int, max_task_retries: int | None = None) -> Executor:

@@ -170,13 +170,15 @@ def test_after_a_driver_kill_no_shard_is_written_and_no_ray_process_lingers(samp
     pipeline.write_text(json.dumps(_extract_spec(sample_corpus, "ray")))
     run = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.Popen([sys.executable, "-m", "curate.cli", "run", str(pipeline), "--run", str(run)],
-                            cwd=ROOT, env={**env, "CURATE_NO_PROGRESS": "1"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "driver.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "curate.cli", "run", str(pipeline), "--run", str(run)],
+                                cwd=ROOT, env={**env, "CURATE_NO_PROGRESS": "1"}, stdout=out, stderr=out)
     shards = run / "extract" / "_shards"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not (shards.is_dir() and any(shards.glob("part-*.json"))):
         time.sleep(0.01)
+    assert proc.poll() is None, log.read_text()[-3000:]
     ray_procs = psutil.Process(proc.pid).children(recursive=True)  # GCS, raylet, agents, workers
     proc.kill()
     proc.wait()
