@@ -99,8 +99,12 @@ class ShardWorker:
 
 
 def _clean_tmp(stage_dir: Path) -> None:
-    for p in stage_dir.rglob("*.tmp"):
-        p.unlink(missing_ok=True)
+    """Remove what an interrupted write left: ``*.tmp`` files and folders."""
+    for p in sorted(stage_dir.rglob("*.tmp"), reverse=True):
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
 
 
 def _digest(items: list[tuple[str, str]]) -> str:

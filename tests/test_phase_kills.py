@@ -124,3 +124,28 @@ def test_kill_in_phase_resumes_to_identical_bytes(reference, tmp_path, stage, ph
         assert resumed.get(p, 0) > 0, (p, resumed, again.stdout)
     assert resumed.get(phase, 0) == k, (resumed, again.stdout)
     assert m["conservation"] == ref_m["conservation"]
+
+
+def test_train_lm_resumes_after_a_kill_inside_lmplz(reference, tmp_path):
+    """What a kill (or a full disk) in the middle of lmplz leaves: its sort folder with
+    temporary files, a partial ARPA file, a partial binary, and a ``*.tmp`` folder (the name
+    an older version used for the sort folder, which made every rerun fail with
+    IsADirectoryError). The rerun clears them and ends with the same models."""
+    ref = reference / "ref"
+    run = tmp_path / "run"
+    shutil.copytree(ref, run)
+    order = list(_pipeline(Path("x"))["stages"])
+    for later in order[order.index("train-lm"):]:
+        shutil.rmtree(run / later)
+    killed = _run_cli(reference, run, "train-lm", "kill:train-lm:lmplz-en:0")
+    assert killed.returncode == -signal.SIGKILL
+    work = run / "train-lm" / "_work"
+    for d in ("en.sort", "en.tmp"):
+        (work / d).mkdir(exist_ok=True)
+        (work / d / "lmplz-sort-0").write_bytes(b"\0" * 4096)
+    (work / "en.arpa").write_text("\\data\\\nngram 1=3\n")  # cut short
+    (run / "train-lm" / "models" / "en.bin.partial").write_bytes(b"partial")
+    again = _run_cli(reference, run, "train-lm", None)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert _stage_bytes(run / "train-lm") == _stage_bytes(ref / "train-lm")
+    assert json.loads((run / "train-lm" / "_manifest.json").read_text())["resumed"]["text"] == 7
