@@ -3,10 +3,11 @@
 What it adds to a plain ``ray job submit``:
 
 * every input path of the pipeline's source stages, and the run directory, made absolute
-  (relative ones resolve against the directory you submit from), so that they point to the
-  same files on every node: they must be on storage that every node mounts at that path.
-  ``--input STAGE=PATH`` replaces a source stage's inputs. The rewritten pipeline is
-  written to ``RUN/_job/<name>.yaml`` (the run directory is shared) and the job runs it;
+  (relative ones resolve against the directory you submit from; storage URIs such as
+  ``s3://`` stay as they are), so that they point to the same files on every node: they
+  must be on storage that every node mounts at that path. ``--input STAGE=PATH`` replaces
+  a source stage's inputs. The rewritten pipeline travels with the working directory
+  (``.curate-job/<name>-<id>.yaml``, removed here once submitted) and the job runs it;
 * this checkout as the job's working directory (Ray uploads it, skipping what .gitignore
   lists, which is why data paths must be absolute) and the code version of this checkout
   in ``CURATE_CODE_VERSION`` (``.git`` is not uploaded, the manifests still name the
@@ -32,6 +33,7 @@ import os
 import shlex
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import yaml
@@ -42,6 +44,7 @@ from curate.runner import code_version
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNTIME_ENV = Path(__file__).resolve().parent / "runtime_env.yaml"
+JOB_DIR = ".curate-job"  # in the working directory: uploaded with it (not in .gitignore)
 
 
 def absolute_pipeline(data: dict, base: Path, inputs: dict[str, list[str]]) -> dict:
@@ -95,14 +98,16 @@ def _parse_inputs(items: list[str]) -> dict[str, list[str]]:
 
 
 def build_command(args: argparse.Namespace, extra: list[str]) -> tuple[list[str], Path]:
-    """The ``ray job submit`` command line, and the rewritten pipeline it runs (written)."""
+    """The ``ray job submit`` command line, and the rewritten pipeline it runs (written
+    under ``JOB_DIR`` of this checkout; the caller removes it once submitted)."""
     base = Path.cwd()
-    run = (base / args.run).resolve()
+    run = args.run if "://" in args.run else str((base / args.run).resolve())
     data = absolute_pipeline(read_yaml_mapping(args.pipeline, "pipeline"), base, _parse_inputs(args.input))
-    job_pipeline = run / "_job" / f"{Path(args.pipeline).stem}.yaml"
+    rel = f"{JOB_DIR}/{Path(args.pipeline).stem}-{uuid.uuid4().hex[:8]}.yaml"
+    job_pipeline = ROOT / rel
     job_pipeline.parent.mkdir(parents=True, exist_ok=True)
     job_pipeline.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    entry = ["python", "-m", "curate.cli", "run", str(job_pipeline), "--run", str(run), *extra]
+    entry = ["python", "-m", "curate.cli", "run", rel, "--run", run, *extra]
     ray = Path(sys.executable).with_name("ray")
     cmd = [str(ray) if ray.exists() else "ray", "job", "submit", "--address", args.address,
            "--working-dir", str(ROOT), "--runtime-env-json", json.dumps(runtime_env())]
@@ -137,8 +142,16 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"submitting {job_pipeline} to {args.address}", file=sys.stderr, flush=True)
-    return subprocess.run(cmd, env=auth_env(dict(os.environ))).returncode
+    print(f"submitting {args.pipeline} (as {job_pipeline.relative_to(ROOT)}) to {args.address}",
+          file=sys.stderr, flush=True)
+    try:
+        return subprocess.run(cmd, env=auth_env(dict(os.environ))).returncode
+    finally:
+        job_pipeline.unlink(missing_ok=True)
+        try:
+            job_pipeline.parent.rmdir()
+        except OSError:  # another submission's file is still there
+            pass
 
 
 if __name__ == "__main__":

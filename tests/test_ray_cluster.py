@@ -129,7 +129,7 @@ def _data_files(run: Path) -> dict[str, bytes]:
     out = {}
     for p in sorted(run.rglob("*")):
         rel = p.relative_to(run)
-        if not p.is_file() or p.name in DATA_SKIP or rel.parts[0] in ("_job", "_logs") \
+        if not p.is_file() or p.name in DATA_SKIP or rel.parts[0] == "_logs" \
                 or "_shards" in rel.parts or "_work" in rel.parts or p.suffix == ".json":
             continue
         out[str(rel)] = p.read_bytes()
@@ -239,6 +239,14 @@ def test_demo_job_survives_a_killed_worker_node(small_sample, tmp_path):
     shutil.rmtree(base, ignore_errors=True)
 
 
+def _remove(job_pipeline: Path) -> None:
+    job_pipeline.unlink()
+    try:
+        job_pipeline.parent.rmdir()
+    except OSError:  # another submission's file
+        pass
+
+
 def test_submit_makes_inputs_and_run_absolute_and_ships_the_code_version(tmp_path, monkeypatch):
     import argparse
 
@@ -260,16 +268,24 @@ def test_submit_makes_inputs_and_run_absolute_and_ships_the_code_version(tmp_pat
     args = argparse.Namespace(pipeline="demo.yaml", address="http://127.0.0.1:1", run="runs/r",
                               input=["a=in1", "a=/in2"], submission_id=None, no_wait=True)
     cmd, job_pipeline = build_command(args, ["--workers", "3"])
-    assert job_pipeline == tmp_path / "runs" / "r" / "_job" / "demo.yaml"
-    written = yaml.safe_load(job_pipeline.read_text())
+    rel = str(job_pipeline.relative_to(ROOT))
+    try:
+        written = yaml.safe_load(job_pipeline.read_text())
+    finally:
+        _remove(job_pipeline)
+    assert rel.startswith(".curate-job/demo-") and rel.endswith(".yaml")
     assert written["stages"]["a"]["input"]["paths"] == [str(tmp_path / "in1"), "/in2"]
     sep = cmd.index("--")
     assert cmd[1:4] == ["job", "submit", "--address"] and "--no-wait" in cmd[:sep]
     assert cmd[cmd.index("--working-dir") + 1] == str(ROOT)
     env = json.loads(cmd[cmd.index("--runtime-env-json") + 1])
     assert env["env_vars"]["CURATE_CODE_VERSION"] == code_version() and env["env_vars"]["CURATE_NO_PROGRESS"] == "1"
-    assert cmd[sep + 1:] == ["python", "-m", "curate.cli", "run", str(job_pipeline), "--run",
+    assert cmd[sep + 1:] == ["python", "-m", "curate.cli", "run", rel, "--run",
                              str(tmp_path / "runs" / "r"), "--workers", "3"]
+    args.run = "s3://bucket/runs/r"
+    cmd, job_pipeline = build_command(args, [])
+    _remove(job_pipeline)
+    assert cmd[-1] == "s3://bucket/runs/r"
 
 
 def test_submit_sets_token_mode_only_when_a_token_exists(tmp_path, monkeypatch):
