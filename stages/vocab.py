@@ -254,7 +254,6 @@ class VocabStage(GlobalStage):
         if sum(acc.values()) != n_in:
             raise RuntimeError(f"internal error: {sum(acc.values())} documents in roles, {n_in} read")
         acc_chars = {name: sum(r[f"{name}_chars"] for r in counted) for name in ROLES}
-        outputs = [f for f in learned["files"] + rep["files"]]
         return GlobalResult(
             input_rows=n_in,
             accounting={
@@ -264,7 +263,7 @@ class VocabStage(GlobalStage):
                 "chars": acc_chars,
                 "text_from": text_from,
             },
-            outputs=outputs,
+            outputs=learned["files"] + rep["files"],
             extra={"vocab": {k: learned[k] for k in ("pieces_added", "merges_added", "base_vocab_size",
                                                       "vocab_size", "tokenizer_sha256")}
                    | {"domain": rep["domain"], "general": rep["general"]}},
