@@ -115,7 +115,7 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     """The pyarrow file system of a URI and the URI's path on it (``bucket/key`` for S3)."""
     u = urlsplit(uri)
     scheme, netloc = u.scheme.lower(), u.netloc
-    if not scheme or not netloc and scheme == "s3":
+    if not scheme or (not netloc and scheme in ("s3", "s3a")):
         raise StorageError(f"{uri}: not a storage URI (expected scheme://bucket/key)")
     key = (scheme, netloc)
     if key not in _FS:
@@ -131,7 +131,9 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     if isinstance(fs, pafs.S3FileSystem):
         path = netloc + u.path
     elif isinstance(fs, pafs.PyFileSystem):
-        path = fs.handler.fs._strip_protocol(uri)
+        import fsspec.core
+
+        path = fsspec.core.strip_protocol(uri)
     else:
         path = pafs.FileSystem.from_uri(uri)[1]
     return fs, path.rstrip("/") or path
@@ -307,7 +309,9 @@ class RemoteRun:
     The mirror keeps an index (``.curate-mirror.json``) of the size and modification time of
     each file on both sides when it was last transferred: a file is downloaded again only when
     the remote object or the local copy changed since, and uploaded only when the local copy
-    changed. A stale or missing index only costs transfers, never a wrong skip.
+    changed. A stale or missing index only costs transfers. Object stores give modification
+    times in whole seconds, so an object that someone else rewrites with the same size within
+    the second of our last transfer would go unnoticed.
     """
 
     remote = True
