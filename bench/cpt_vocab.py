@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -81,6 +82,7 @@ def random_id_map(src: Path, dst: Path, seed: int = 0) -> None:
 
 
 def train(out: Path, data: Path, steps: int, extra: list[str]) -> None:
+    shutil.rmtree(out, ignore_errors=True)  # a fresh run (a checkpoint left there would be resumed)
     cmd = [sys.executable, "-m", "trainer.train", "--config", str(ROOT / "trainer" / "configs" / "tiny.yaml"),
            "--data", str(data), "--out", str(out), "--max-steps", str(steps), "--eval-every", "50",
            "--eval-tokens", "0", "--device", "cpu", "--no-progress", *extra]
