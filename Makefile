@@ -40,7 +40,7 @@ extract langid quality dedup pii mix: setup lmplz sample
 test: setup lmplz browser
 	$(PY) -m pytest -q
 
-bench: bench-extract bench-quality bench-dedup bench-pii bench-mix bench-sft
+bench: bench-extract bench-quality bench-dedup bench-pii bench-mix bench-sft bench-e2e
 
 bench-extract: setup
 	$(PY) bench/bench_extract.py

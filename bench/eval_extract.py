@@ -20,6 +20,8 @@ SETTINGS = {
     "precision": {"favor_precision": True},
     "balanced": {"favor_precision": False},
     "recall": {"favor_precision": False, "favor_recall": True},
+    "fast": {"fast": True},
+    "precision_fast": {"favor_precision": True, "fast": True},
 }
 
 

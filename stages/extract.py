@@ -108,6 +108,8 @@ class ExtractConfig(StageConfig):
         max_text_chars: longer extractions are rejected as ``extract.oversize_text``.
         min_text_chars: shorter extractions are rejected as ``extract.empty``.
         favor_precision / favor_recall / include_tables / include_comments: trafilatura options.
+        fast: trafilatura's ``fast`` mode: no fallback extractors (readability, jusText) when
+            its own extraction looks poor; see docs/BENCHMARKS.md for its F1 and speed.
         html_base_url: URL prefix given to files of an HTML folder.
     """
 
@@ -120,6 +122,7 @@ class ExtractConfig(StageConfig):
     favor_recall: bool = False
     include_tables: bool = True
     include_comments: bool = False
+    fast: bool = False
     html_base_url: str = "file:///"
 
 
@@ -447,6 +450,7 @@ class Extract(SourceStage):
             text = self._traf.extract(
                 tree,
                 url=url,
+                fast=self.config.fast,
                 favor_precision=self.config.favor_precision,
                 favor_recall=self.config.favor_recall,
                 include_tables=self.config.include_tables,
