@@ -82,6 +82,19 @@ def _ratio_lines(results, rates):
     return out
 
 
+def _curate_breakdown(results):
+    """Where curate's wall time goes: its stages' seconds (medians over the main runs)."""
+    runs = [r for r in ok_runs(results, "main", "curate") if "stages" in r]
+    if not runs:
+        return []
+    secs = {st: med([r["stages"][st]["seconds"] for r in runs]) for st in runs[0]["stages"]}
+    wall = med([r["wall_s"] for r in runs])
+    rest = wall - sum(secs.values())
+    return [f"- curate's {wall:.1f} s (median): " + ", ".join(f"{st} {v:.1f} s" for st, v in secs.items())
+            + f" (extract includes starting Ray), the remaining {rest:.1f} s are the process's start-up, "
+            "pipeline validation and shutdown."]
+
+
 def _scaling_lines(results):
     c = results["corpora"]
     lines = ["| run | corpus (docs) | wall s | docs/s | peak tree RSS MB | × reference |", "|---|---|---|---|---|---|"]
@@ -228,6 +241,7 @@ def render(results: dict) -> str:
         "",
         *_ratio_lines(results, rates),
         "- NeMo Curator runs no dedup here, so its ratio compares curate's four steps with its three.",
+        *_curate_breakdown(results),
         "",
         "Scaling (curate; the larger corpus adds perturbed mirror copies of every page, near-duplicates):",
         "",
