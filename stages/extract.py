@@ -497,11 +497,18 @@ def remote_inputs(uri: str) -> list[str]:
     if what is None:
         raise ConfigError(f"extract input not found: {uri}")
     if what == "file":
+        if uri.lower().endswith(TEXT_CORPUS_SUFFIXES):
+            raise ConfigError(f"extract reads WARC files and HTML folders, not {storage.name_of(uri)}: "
+                              f"corpora that are already text go through the `read` stage")
         return [uri]
     base = uri.rstrip("/")
     files = storage.list_files(base)
     warcs = [f for f in files if storage.parent_of(f) == base and f.endswith(WARC_SUFFIXES)]
     folders = {storage.parent_of(f) for f in files if f.endswith(HTML_SUFFIXES)}
+    if not warcs and not folders:
+        other = [storage.name_of(f) for f in files if storage.parent_of(f) == base][:3]
+        raise ConfigError(f"extract: no WARC files or HTML folders under {uri}"
+                          + (f" (found {', '.join(other)}; text corpora go through the `read` stage)" if other else ""))
     return warcs + sorted(folders, key=lambda u: u.split("/"))
 
 
