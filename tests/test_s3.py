@@ -201,6 +201,18 @@ def test_validate_checks_uri_inputs(s3, small_crawl):
         bad.validate()
 
 
+def test_extract_points_text_corpora_on_s3_at_read(s3, tmp_path):
+    from stages.extract import Extract
+
+    (tmp_path / "dump.jsonl").write_text('{"text": "already text"}\n')
+    storage.upload(tmp_path / "dump.jsonl", f"s3://{BUCKET}/text-only/dump.jsonl")
+    stage = Extract(Extract.Config(), "extract")
+    with pytest.raises(ConfigError, match=r"no WARC files or HTML folders under s3://.*found dump.jsonl.*`read`"):
+        stage.list_inputs([f"s3://{BUCKET}/text-only"])
+    with pytest.raises(ConfigError, match=r"not dump.jsonl: .*`read` stage"):
+        stage.list_inputs([f"s3://{BUCKET}/text-only/dump.jsonl"])
+
+
 def test_mirror_moves_only_what_changed(s3, tmp_path, monkeypatch):
     uri = f"s3://{BUCKET}/runs/mirror"
     a = storage.RemoteRun(uri, tmp_path / "a")
