@@ -8,12 +8,22 @@ import types
 import typing
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, field_validator
 
 from .errors import ConfigError
+
+
+def _increasing_percentiles(v: tuple[float, float]) -> tuple[float, float]:
+    if not 0 <= v[0] < v[1] <= 100:
+        raise ValueError("percentiles must be two increasing numbers in [0, 100]")
+    return v
+
+
+# Two per-group percentile cut-offs (perplexity buckets, sft-select tails).
+PercentilePair = Annotated[tuple[float, float], AfterValidator(_increasing_percentiles)]
 
 
 class StageConfig(BaseModel):

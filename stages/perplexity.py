@@ -30,9 +30,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pydantic import field_validator
 
-from curate.config import StageConfig
+from curate.config import PercentilePair, StageConfig
 from curate.errors import ConfigError
 from curate.manifest import shard_name
 from curate.reasons import declare
@@ -77,20 +76,13 @@ class PerplexityConfig(StageConfig):
     models_from: str | None = None
     model_paths: dict[str, str] = {}
     normalize: bool = True
-    percentiles: tuple[float, float] = (30.0, 60.0)
+    percentiles: PercentilePair = (30.0, 60.0)
     cutoff_exclude_sources: list[str] = []
     exempt_sources: list[str] = []
     keep_buckets: list[Literal["head", "middle", "tail"]] = ["head", "middle", "tail"]
     unscored: Literal["keep", "reject"] = "keep"
     lang_column: str = "lang"
     default_lang: str | None = None
-
-    @field_validator("percentiles")
-    @classmethod
-    def _increasing(cls, v: tuple[float, float]) -> tuple[float, float]:
-        if not 0 <= v[0] < v[1] <= 100:
-            raise ValueError("percentiles must be two increasing numbers in [0, 100]")
-        return v
 
 
 def _langs(table: pa.Table, cfg: PerplexityConfig) -> list[str | None]:

@@ -37,9 +37,9 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from curate.config import StageConfig
+from curate.config import PercentilePair, StageConfig
 from curate.errors import ConfigError
 from curate.reasons import declare
 from curate.schema import make_rejected
@@ -97,19 +97,12 @@ class SftSelectConfig(StageConfig):
     models_from: str | None = None
     model_paths: dict[str, str] = {}
     score_text: Literal["response", "conversation"] = "response"
-    percentiles: tuple[float, float] = (5.0, 95.0)
+    percentiles: PercentilePair = (5.0, 95.0)
     min_task_examples: int = Field(default=20, ge=1)
     exempt_tasks: tuple[str, ...] = ()
     unscored: Literal["keep", "reject"] = "keep"
     default_lang: str | None = None
     ifd: IfdSettings | None = None
-
-    @field_validator("percentiles")
-    @classmethod
-    def _increasing(cls, v: tuple[float, float]) -> tuple[float, float]:
-        if not 0 <= v[0] < v[1] <= 100:
-            raise ValueError("percentiles must be two increasing numbers in [0, 100]")
-        return v
 
 
 def _text_of(msgs: list[dict], how: str) -> str:
