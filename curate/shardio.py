@@ -18,30 +18,27 @@ from .errors import ShardError, WriteError
 PARQUET_OPTS = dict(compression="zstd", compression_level=3, write_statistics=True)
 
 
-def sha256_file(path: str | os.PathLike, bufsize: int = 1 << 20) -> str:
-    h = hashlib.sha256()
+def _hash_file(path: str | os.PathLike, *hashers, bufsize: int = 1 << 18) -> list[str]:
+    """Hex digests of one read of ``path`` through every hasher given."""
     with open(path, "rb") as f:
         while chunk := f.read(bufsize):
-            h.update(chunk)
-    return h.hexdigest()
+            for h in hashers:
+                h.update(chunk)
+    return [h.hexdigest() for h in hashers]
 
 
-def fast_hash_file(path: str | os.PathLike, bufsize: int = 1 << 18) -> str:
+def sha256_file(path: str | os.PathLike) -> str:
+    return _hash_file(path, hashlib.sha256())[0]
+
+
+def fast_hash_file(path: str | os.PathLike) -> str:
     """xxh3-128 of a file: what a rerun checks (with the size) before trusting an output."""
-    h = xxhash.xxh3_128()
-    with open(path, "rb") as f:
-        while chunk := f.read(bufsize):
-            h.update(chunk)
-    return h.hexdigest()
+    return _hash_file(path, xxhash.xxh3_128())[0]
 
 
-def _hashes(path: Path, bufsize: int = 1 << 18) -> tuple[str, str]:
-    s, x = hashlib.sha256(), xxhash.xxh3_128()
-    with open(path, "rb") as f:
-        while chunk := f.read(bufsize):
-            s.update(chunk)
-            x.update(chunk)
-    return s.hexdigest(), x.hexdigest()
+def _hashes(path: Path) -> tuple[str, str]:
+    sha, x = _hash_file(path, hashlib.sha256(), xxhash.xxh3_128())
+    return sha, x
 
 
 def file_changed(info: dict, base: str | os.PathLike | None = None) -> str | None:
