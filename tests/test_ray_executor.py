@@ -3,6 +3,7 @@ reused across maps, errors as TaskError, a retry limit for lost workers, and wha
 the cluster has too few CPUs (a clear error, or fewer workers, never a hang)."""
 
 import os
+import sys
 
 import pytest
 
@@ -219,3 +220,45 @@ def test_too_few_cpus_runs_with_fewer_workers_and_says_so(cpus_taken, monkeypatc
         assert f"curate: the Ray cluster has {total:g} CPUs: running with {int(total)} workers instead of {int(total) + 3}" in logged
     finally:
         more.close()
+
+
+_LEAN_HEAD_SCRIPT = r"""
+import sys, psutil
+from curate.executors import get_executor
+from tests.test_ray_executor import _Prints
+ex = get_executor("ray", 1)
+print("results", sorted(r for _, r in ex.map(_Prints, (), [1, 2])), flush=True)
+for p in psutil.Process().children(recursive=True):
+    try:
+        print("proc", " ".join(p.cmdline()), flush=True)
+    except psutil.Error:
+        pass
+ex.close()
+"""
+
+
+class _Prints:
+    def __call__(self, task):
+        print(f"worker says {task}", file=sys.stderr, flush=True)
+        return task * 10
+
+
+def test_embedded_ray_starts_no_monitor_or_api_server_and_worker_output_still_shows(tmp_path):
+    """The embedded head leaves out the autoscaler monitor and the API server (nothing to
+    scale, no dashboard) but keeps GCS, raylet and the log monitor: a worker's stderr still
+    reaches the driver."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    res = subprocess.run([sys.executable, "-c", _LEAN_HEAD_SCRIPT], cwd=root, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = res.stdout + res.stderr
+    assert "results [10, 20]" in out
+    procs = [line for line in res.stdout.splitlines() if line.startswith("proc ")]
+    assert any("gcs_server" in p for p in procs) and any("/raylet " in p or p.endswith("/raylet") or "raylet --" in p for p in procs)
+    assert any("log_monitor.py" in p for p in procs)
+    assert not any("autoscaler/_private/monitor.py" in p for p in procs), procs
+    assert not any("dashboard/dashboard.py" in p for p in procs), procs
+    assert "worker says 1" in out and "worker says 2" in out
