@@ -102,3 +102,37 @@ def test_few_bad_bytes_are_replaced_many_are_rejected():
     assert err is None and cs == "utf-8" and "barl\ufffdy" in text
     text, cs, err = decode_html(page.replace(b"the", b"\x81\x8d\x90\x9d\xff"), "text/html; charset=utf-8")
     assert text is None and "invalid" in err
+
+
+EVAL_PAGES = Path(__file__).resolve().parents[2] / "shared" / "eval" / "extraction" / "pages.warc.gz"
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_c_element_lookup_extracts_the_same_text(tmp_path, monkeypatch, fast):
+    """The stage's C-level element lookup (use_c_element_lookup) gives the same rows as
+    trafilatura's own lxml.html parser, on real pages (the eval set) and on the fixtures."""
+    import lxml.html
+    import trafilatura
+
+    import stages.extract as extract_mod
+
+    inputs = [tmp_path / "fixture.warc.gz"]
+    write_warc(inputs[0], gz=True)
+    if EVAL_PAGES.exists():
+        inputs.append(EVAL_PAGES)
+    ours = _stage(fast=fast)
+    assert type(trafilatura.utils.load_html("<html><body><form><p>x</p></form><p>y</p></body></html>")
+                .find(".//form")) is lxml.html.HtmlElement
+    with_c = [ours.process_source(str(f)) for f in inputs]
+
+    monkeypatch.setattr(extract_mod, "use_c_element_lookup", lambda parser: None)
+    monkeypatch.setattr(trafilatura.utils, "HTML_PARSER", lxml.html.HTMLParser(
+        collect_ids=False, default_doctype=False, encoding="utf-8", remove_comments=True, remove_pis=True))
+    theirs = _stage(fast=fast)
+    assert type(trafilatura.utils.load_html("<html><body><form><p>x</p></form><p>y</p></body></html>")
+                .find(".//form")) is lxml.html.FormElement
+    for f, a in zip(inputs, with_c):
+        b = theirs.process_source(str(f))
+        assert a.kept.num_rows > 0
+        assert a.kept.to_pylist() == b.kept.to_pylist(), f
+        assert a.rejected.to_pylist() == b.rejected.to_pylist(), f
