@@ -179,12 +179,16 @@ def _exit_with_parent(interval_s: float = 0.2) -> None:
 
 
 def _release_memory() -> None:
-    """Collect garbage and hand the heap's free pages back to the OS (glibc ``malloc_trim``),
-    so that a worker does not carry the previous stage's peak into the next one."""
+    """Collect garbage and hand free memory back to the OS (Arrow's pool, then glibc's heap
+    with ``malloc_trim``), so that a worker does not carry the previous stage's peak into the
+    next one."""
     import ctypes
     import gc
 
     gc.collect()
+    pa = sys.modules.get("pyarrow")
+    if pa is not None:
+        pa.default_memory_pool().release_unused()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
