@@ -341,7 +341,7 @@ def main() -> int:
     ap.add_argument("--systems", default=",".join(SYSTEMS))
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--scale", type=int, default=4, help="the larger corpus (x the 1x pages); 0: none")
-    ap.add_argument("--scale-systems", default="curate", help="systems also run on the larger corpus")
+    ap.add_argument("--scale-systems", default=",".join(SYSTEMS), help="systems also run on the larger corpus")
     ap.add_argument("--scaling-rounds", type=int, default=1, help="runs of each scaling row")
     ap.add_argument("--f1-settings", default="balanced,fast,precision")
     ap.add_argument("--no-setup", action="store_true", help="do not run setup_peers.sh")
