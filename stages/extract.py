@@ -224,6 +224,20 @@ def looks_binary(body: bytes) -> bool:
     return len(_CONTROL.findall(head)) > 0.01 * max(1, len(head))
 
 
+def text_corpus_error(name: str) -> ConfigError:
+    """The error for a text corpus (JSONL, Parquet, ...) given to extract, local or remote."""
+    return ConfigError(f"extract reads WARC files and HTML folders, not {name}: "
+                       f"corpora that are already text go through the `read` stage")
+
+
+def no_inputs_error(where: str, files: list[str]) -> ConfigError:
+    """The error for a folder or prefix with no WARC file or HTML folder; ``files`` are the
+    names of what it does hold (the first three are named)."""
+    other = files[:3]
+    return ConfigError(f"extract: no WARC files or HTML folders under {where}"
+                       + (f" (found {', '.join(other)}; text corpora go through the `read` stage)" if other else ""))
+
+
 def use_c_element_lookup(parser) -> None:
     """Give ``parser``'s trees lxml.html's element classes through a lookup done in C.
 
@@ -281,8 +295,7 @@ class Extract(SourceStage):
             path = Path(storage.local_path(p))
             if path.is_file():
                 if path.name.lower().endswith(TEXT_CORPUS_SUFFIXES):
-                    raise ConfigError(f"extract reads WARC files and HTML folders, not {path.name}: "
-                                      f"corpora that are already text go through the `read` stage")
+                    raise text_corpus_error(path.name)
                 add(path)
             elif path.is_dir():
                 try:
@@ -296,11 +309,7 @@ class Extract(SourceStage):
                 for d in html_folders(path):
                     add(d)
                 if len(out) == before:
-                    other = [f.name for f in entries if f.is_file()][:3]
-                    raise ConfigError(
-                        f"extract: no WARC files or HTML folders under {p}"
-                        + (f" (found {', '.join(other)}; text corpora go through the `read` stage)" if other else "")
-                    )
+                    raise no_inputs_error(p, [f.name for f in entries if f.is_file()])
             else:
                 raise ConfigError(f"extract input not found: {p}")
         return out
@@ -521,17 +530,14 @@ def remote_inputs(uri: str) -> list[str]:
         raise ConfigError(f"extract input not found: {uri}")
     if what == "file":
         if uri.lower().endswith(TEXT_CORPUS_SUFFIXES):
-            raise ConfigError(f"extract reads WARC files and HTML folders, not {storage.name_of(uri)}: "
-                              f"corpora that are already text go through the `read` stage")
+            raise text_corpus_error(storage.name_of(uri))
         return [uri]
     base = uri.rstrip("/")
     files = storage.list_files(base)
     warcs = [f for f in files if storage.parent_of(f) == base and f.endswith(WARC_SUFFIXES)]
     folders = {storage.parent_of(f) for f in files if f.endswith(HTML_SUFFIXES)}
     if not warcs and not folders:
-        other = [storage.name_of(f) for f in files if storage.parent_of(f) == base][:3]
-        raise ConfigError(f"extract: no WARC files or HTML folders under {uri}"
-                          + (f" (found {', '.join(other)}; text corpora go through the `read` stage)" if other else ""))
+        raise no_inputs_error(uri, [storage.name_of(f) for f in files if storage.parent_of(f) == base])
     return warcs + sorted(folders, key=lambda u: u.split("/"))
 
 
